@@ -1,0 +1,195 @@
+"""AMQP egress (aio-pika): declares the contract's exchanges and queues, publishes confirmed.
+
+Topology (documented in asyncapi.yaml and README.md):
+
+    print.events      (topic) ──#──▶ events/jobs        (durable, x-max-priority 10)
+    print.rejections  (topic) ──#──▶ events/rejections  (durable, x-max-priority 10)
+
+Events are routed by `events/<jobId>`, rejections by `rejections/<queueId>`. Every message
+carries the properties of the contract's operation binding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+from datetime import UTC, datetime
+from typing import Final
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
+from aiormq.exceptions import ChannelPreconditionFailed
+from pamqp.common import FieldTable, FieldValue
+
+from service.config import BrokerUrl, ConfigError
+from service.core.events import Kind, Outgoing
+from service.metrics import Metrics
+from service.models import EventHeaders, XMessageType
+
+__all__ = [
+    "EVENTS_EXCHANGE",
+    "EVENTS_QUEUE",
+    "MESSAGE_TTL_S",
+    "REJECTIONS_EXCHANGE",
+    "REJECTIONS_QUEUE",
+    "AmqpPublisher",
+]
+
+log = structlog.get_logger(__name__)
+
+EVENTS_EXCHANGE: Final = "print.events"
+REJECTIONS_EXCHANGE: Final = "print.rejections"
+EVENTS_QUEUE: Final = "events/jobs"
+REJECTIONS_QUEUE: Final = "events/rejections"
+QUEUE_ARGUMENTS: Final = {"x-max-priority": 10}
+# The operation binding of `printJobEvent` and `commandRejection` in asyncapi.yaml.
+MESSAGE_TTL_S: Final = 60
+PRIORITY: Final = 10
+CC: Final = ["user.log", "support.log"]
+BCC: Final = ["external.audit"]
+REPLY_TO: Final = "user.reply"
+APP_ID: Final = "print-service"
+
+
+class AmqpPublisher:
+    """One robust connection and one confirming channel; `publish` returns on the confirm."""
+
+    def __init__(
+        self,
+        *,
+        url: BrokerUrl,
+        connection_name: str,
+        gzip_bodies: bool,
+        metrics: Metrics,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._url = url
+        self._name = connection_name
+        self._gzip = gzip_bodies
+        self._metrics = metrics
+        self._ssl_context = ssl_context
+        # RabbitMQ refuses a publish whose user_id is not the connection's user.
+        self._user_id = url.username or "guest"
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchanges: dict[Kind, AbstractRobustExchange] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected.is_set()
+
+    async def connect(self) -> None:
+        """Connect (retrying with backoff, forever) and declare the topology."""
+        backoff = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            self._metrics.reconnects.labels("amqp").inc()
+            try:
+                connection = await aio_pika.connect_robust(
+                    self._url.url,
+                    client_properties={"connection_name": self._name},
+                    ssl_context=self._ssl_context,
+                )
+                break
+            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning(
+                    "amqp_connect_failed",
+                    url=self._url.redacted(),
+                    attempt=attempt,
+                    retry_in_s=backoff,
+                    error=repr(exc),
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        connection.close_callbacks.add(self._on_close)
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection = connection
+        self._channel = await connection.channel(publisher_confirms=True)
+        await self._declare(self._channel)
+        self._metrics.broker_up.labels("amqp").set(1)
+        log.info("amqp_connected", url=self._url.redacted(), attempt=attempt)
+
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
+        try:
+            for kind, exchange_name, queue_name in (
+                (Kind.job_event, EVENTS_EXCHANGE, EVENTS_QUEUE),
+                (Kind.rejection, REJECTIONS_EXCHANGE, REJECTIONS_QUEUE),
+            ):
+                exchange = await channel.declare_exchange(
+                    exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                queue = await channel.declare_queue(
+                    queue_name,
+                    durable=True,
+                    exclusive=False,
+                    auto_delete=False,
+                    arguments=QUEUE_ARGUMENTS,
+                )
+                await queue.bind(exchange, routing_key="#")
+                self._exchanges[kind] = exchange
+        except ChannelPreconditionFailed as exc:
+            raise ConfigError(
+                f"RabbitMQ already has {EVENTS_QUEUE!r} or {REJECTIONS_QUEUE!r} declared with "
+                f"other arguments ({exc}); the contract needs durable queues with "
+                f"x-max-priority=10: delete the old queues or load deploy/rabbitmq/definitions.json"
+            ) from exc
+
+    async def publish(self, message: Outgoing) -> None:
+        exchange = self._exchanges.get(message.kind)
+        if exchange is None:
+            raise ConnectionError("the AMQP publisher is not connected")
+        body = gzip.compress(message.body, compresslevel=5) if self._gzip else message.body
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                content_encoding="gzip" if self._gzip else None,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                priority=PRIORITY,
+                expiration=MESSAGE_TTL_S,
+                headers=_headers(message),
+                reply_to=REPLY_TO,
+                timestamp=datetime.now(UTC),
+                user_id=self._user_id,
+                type=message.kind.value,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                app_id=APP_ID,
+            ),
+            routing_key=message.routing_key,
+            mandatory=False,
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._metrics.broker_up.labels("amqp").set(0)
+
+    def _on_close(self, _connection: object, exc: BaseException | None = None) -> None:
+        self._metrics.broker_up.labels("amqp").set(0)
+        if exc is not None:
+            log.warning("amqp_connection_lost", error=repr(exc))
+
+    def _on_reconnect(self, _connection: object) -> None:
+        self._metrics.broker_up.labels("amqp").set(1)
+        self._metrics.reconnects.labels("amqp").inc()
+        log.info("amqp_reconnected")
+
+
+def _headers(message: Outgoing) -> FieldTable:
+    """The message headers, validated against the contract's `EventHeaders`."""
+    headers = EventHeaders(
+        x_correlation_id=message.correlation_id,
+        x_message_type=XMessageType(message.kind.value),
+        CC=list(CC),
+        BCC=list(BCC),
+    )
+    return {
+        "CC": list[FieldValue](headers.CC or ()),
+        "BCC": list[FieldValue](headers.BCC or ()),
+        "x-correlation-id": headers.x_correlation_id,
+        "x-message-type": headers.x_message_type.value,
+    }

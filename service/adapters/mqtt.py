@@ -1,0 +1,221 @@
+"""MQTT ingress (aiomqtt): commands in, acknowledged only once they are handled.
+
+aiomqtt acknowledges QoS 1 messages on receipt, so a crash would lose what it had buffered.
+This adapter switches the underlying paho client to manual acknowledgement and sends each
+PUBACK after the command's effect is committed: the broker keeps (and redelivers) anything
+not yet acknowledged. The session is persistent (MQTT 5 with a session expiry, or 3.1.1
+with clean session off), so commands published while the service is away wait for it.
+
+aiomqtt has no automatic reconnect: `run` makes a new client per attempt, forever, with
+backoff, logging each attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.core.codec import Inbound
+from service.metrics import Metrics
+from service.models import LastWill, Status
+
+__all__ = ["MqttIngress"]
+
+log = structlog.get_logger(__name__)
+
+COMMAND_QOS: Final = 1
+WILL_QOS: Final = 2
+MAX_BACKOFF_S: Final = 30.0
+
+Handler = Callable[[Inbound], Awaitable[None]]
+
+
+class MqttIngress:
+    def __init__(self, *, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._url = settings.mqtt
+        self._metrics = metrics
+        self._v5 = settings.mqtt_protocol == "5"
+        self._client_id = settings.mqtt_client_id
+        self._connected = False
+        self._handling = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    def will_payload(self) -> bytes:
+        will = LastWill(
+            instance=self._client_id,
+            status=Status.dead,
+            message=f"print service instance {self._client_id} died without disconnecting",
+        )
+        return will.model_dump_json(exclude_none=True).encode()
+
+    async def run(self, handle: Handler, stopping: asyncio.Event) -> None:
+        """Consume commands until `stopping` is set; reconnect on any broker failure."""
+        attempt = 0
+        backoff = 0.5
+        while not stopping.is_set():
+            attempt += 1
+            self._metrics.reconnects.labels("mqtt").inc()
+            log.info("mqtt_connecting", url=self._url.redacted(), attempt=attempt)
+            try:
+                async with self._client() as client:
+                    self._set_connected(up=True)
+                    log.info("mqtt_connected", client_id=self._client_id, attempt=attempt)
+                    attempt, backoff = 0, 0.5
+                    await client.subscribe(self._settings.mqtt_commands_topic, qos=COMMAND_QOS)
+                    await client.subscribe(self._settings.mqtt_last_will_topic, qos=COMMAND_QOS)
+                    await self._consume_until_stopped(client, handle, stopping)
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(backoff, 2))
+            except Exception:
+                # Handling failed (the store, say): the command was not acknowledged. Reconnect,
+                # so that the broker delivers it again, rather than skipping it.
+                log.exception("mqtt_ingress_failed", retry_in_s=round(backoff, 2))
+            finally:
+                self._set_connected(up=False)
+            if not stopping.is_set():
+                await _sleep_unless(stopping, backoff * random.uniform(0.8, 1.2))  # noqa: S311
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        log.info("mqtt_stopped")
+
+    def _client(self) -> aiomqtt.Client:
+        settings = self._settings
+        will = aiomqtt.Will(
+            topic=settings.mqtt_last_will_topic,
+            payload=self.will_payload(),
+            qos=WILL_QOS,
+            retain=False,
+        )
+        tls = None
+        if self._url.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+                certfile=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
+                keyfile=str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
+            )
+        properties = None
+        if self._v5:
+            # Without a session expiry an MQTT 5 session ends with the connection, and the
+            # commands published while the service is away would be lost.
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.mqtt_session_expiry
+        client = aiomqtt.Client(
+            self._url.host,
+            self._url.port,
+            username=self._url.username,
+            password=self._url.password,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if self._v5 else False,
+            clean_start=False,
+            keepalive=settings.mqtt_keepalive,
+            will=will,
+            properties=properties,
+            tls_params=tls,
+        )
+        # The one place we reach into paho: acknowledge after commit, not on receipt.
+        client._client.manual_ack_set(on=True)
+        return client
+
+    async def _consume_until_stopped(
+        self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
+    ) -> None:
+        consumer = asyncio.create_task(self._consume(client, handle, stopping))
+        watcher = asyncio.create_task(self._interrupt_when_idle(consumer, stopping))
+        try:
+            await asyncio.wait({consumer}, return_when=asyncio.ALL_COMPLETED)
+        finally:
+            watcher.cancel()
+            consumer.cancel()
+        if not consumer.cancelled() and (exc := consumer.exception()) is not None:
+            raise exc
+
+    async def _interrupt_when_idle(
+        self, consumer: asyncio.Task[None], stopping: asyncio.Event
+    ) -> None:
+        # Cancel the consumer only while it waits for a message, never mid-command: a command
+        # being handled is finished and acknowledged first.
+        await stopping.wait()
+        if not self._handling:
+            consumer.cancel()
+
+    async def _consume(
+        self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
+    ) -> None:
+        will_topic = self._settings.mqtt_last_will_topic
+        async for message in client.messages:
+            self._handling = True
+            try:
+                if message.topic.matches(will_topic):
+                    self._on_will(message)
+                else:
+                    await handle(_inbound(message))
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)
+            finally:
+                self._handling = False
+            if stopping.is_set():
+                return
+
+    def _on_will(self, message: aiomqtt.Message) -> None:
+        self._metrics.last_wills.inc()
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            will = LastWill.model_validate_json(payload)
+        except ValidationError:
+            log.warning("last_will_unreadable", size=len(payload))
+            return
+        if will.instance == self._client_id:
+            log.info("own_last_will_seen", detail="a previous connection of ours was lost")
+        else:
+            log.warning("peer_last_will", instance=will.instance, detail=will.message)
+
+    def _set_connected(self, *, up: bool) -> None:
+        self._connected = up
+        self._metrics.broker_up.labels("mqtt").set(1 if up else 0)
+
+
+def _inbound(message: aiomqtt.Message) -> Inbound:
+    properties: dict[str, str] = {}
+    correlation_data = None
+    if message.properties is not None:
+        for key, value in getattr(message.properties, "UserProperty", ()):
+            properties[key.lower()] = value
+        correlation_data = getattr(message.properties, "CorrelationData", None)
+    payload = message.payload
+    if isinstance(payload, str):
+        payload = payload.encode()
+    elif not isinstance(payload, bytes):
+        payload = b"" if payload is None else str(payload).encode()
+    return Inbound(
+        topic=message.topic.value,
+        payload=payload,
+        properties=properties,
+        correlation_data=correlation_data,
+        received_at=time.time(),
+    )
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+    except TimeoutError:
+        return

@@ -1,0 +1,166 @@
+"""The service: wires the core to its adapters and owns every background loop.
+
+```
+MQTT commands/+ ─▶ CommandHandler ─▶ store (job + outbox, one transaction) ─▶ PUBACK
+                                        │
+PrintDispatcher ◀─ waiting jobs ────────┤ (started/finished also go through the store)
+OutboxRelay ◀────── unsent messages ────┘ ─▶ AMQP publish, confirmed ─▶ mark sent
+```
+
+Shutdown (SIGTERM/SIGINT) drains in order: stop taking commands (the one being handled is
+finished and acknowledged), publish what the outbox holds, stop the printers, close both
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import uuid
+from collections.abc import Mapping
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from service.adapters.amqp import AmqpPublisher
+from service.adapters.http import HealthServer
+from service.adapters.mqtt import MqttIngress
+from service.config import Settings
+from service.core.codec import CommandDecoder
+from service.dispatcher import PrintDispatcher
+from service.handler import CommandHandler
+from service.metrics import Metrics
+from service.printers.simulated import SimulatedPrinters
+from service.relay import OutboxRelay
+from service.store.memory import MemoryStore
+
+__all__ = ["Service"]
+
+log = structlog.get_logger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.stopping = asyncio.Event()
+        self.store = MemoryStore()
+        self.publisher = AmqpPublisher(
+            url=settings.amqp,
+            connection_name=settings.mqtt_client_id,
+            gzip_bodies=settings.event_gzip,
+            metrics=self.metrics,
+            ssl_context=_amqp_ssl(settings),
+        )
+        self.relay = OutboxRelay(
+            store=self.store,
+            publisher=self.publisher,
+            metrics=self.metrics,
+            concurrency=settings.publish_concurrency,
+        )
+        self.dispatcher = PrintDispatcher(
+            store=self.store,
+            printers=SimulatedPrinters(duration=settings.print_duration),
+            metrics=self.metrics,
+            on_commit=self.relay.wake,
+        )
+        self.handler = CommandHandler(
+            decoder=CommandDecoder(
+                max_bytes=settings.max_message_bytes,
+                max_decompressed_bytes=settings.max_decompressed_bytes,
+                api_keys=settings.api_keys or None,
+                new_id=lambda: str(uuid.uuid4()),
+            ),
+            store=self.store,
+            dispatcher=self.dispatcher,
+            metrics=self.metrics,
+            on_commit=self.relay.wake,
+        )
+        self.ingress = MqttIngress(settings=settings, metrics=self.metrics)
+        self.http = HealthServer(
+            host=settings.http_host,
+            port=settings.http_port,
+            registry=self.metrics.registry,
+            readiness=self.readiness,
+        )
+        self.ready = asyncio.Event()
+
+    def readiness(self) -> Mapping[str, bool]:
+        self.metrics.outbox_depth.set(self.store.outbox_depth)
+        return {
+            "mqtt": self.ingress.connected,
+            "amqp": self.publisher.connected,
+            "accepting": not self.stopping.is_set(),
+        }
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("shutdown_requested")
+            self.stopping.set()
+
+    async def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Run until `stop()` (or SIGTERM/SIGINT with `install_signal_handlers`), then drain."""
+        settings = self.settings
+        if install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        if not settings.api_keys:
+            log.warning(
+                "auth_disabled",
+                detail="API_KEYS is not set: every command is accepted without an API key",
+            )
+        log.info(
+            "service_starting",
+            client_id=settings.mqtt_client_id,
+            mqtt=settings.mqtt.redacted(),
+            amqp=settings.amqp.redacted(),
+            printer="simulated",
+        )
+        await self.http.start()
+        try:
+            await self.publisher.connect()
+            ingress_done = asyncio.Event()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.dispatcher.run(ingress_done), name="dispatcher")
+                tasks.create_task(
+                    self.relay.run(ingress_done, drain_timeout=settings.shutdown_timeout),
+                    name="relay",
+                )
+                tasks.create_task(self._ingest(ingress_done), name="ingress")
+                tasks.create_task(self._announce_ready(), name="ready")
+        finally:
+            await self.publisher.close()
+            await self.store.close()
+            await self.http.close()
+            log.info("service_stopped")
+
+    async def _ingest(self, done: asyncio.Event) -> None:
+        try:
+            await self.ingress.run(self.handler.handle, self.stopping)
+        finally:
+            # The relay drains only once no more commands can come in.
+            done.set()
+
+    async def _announce_ready(self) -> None:
+        while not self.stopping.is_set():
+            if all(self.readiness().values()):
+                self.ready.set()
+                log.info("service_ready", http_port=self.http.port)
+                return
+            await asyncio.sleep(0.05)
+
+
+def _amqp_ssl(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.amqp.tls:
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.amqp_ca_file) if settings.amqp_ca_file else None
+    )
+    if settings.amqp_cert_file:
+        context.load_cert_chain(
+            str(settings.amqp_cert_file),
+            str(settings.amqp_key_file) if settings.amqp_key_file else None,
+        )
+    return context

@@ -1,0 +1,233 @@
+"""`print-service`: run the service, or talk to it as an integrator would.
+
+    print-service [run]                  run the service (configuration from the environment)
+    print-service submit [--job-id ID]   create a job and follow its events to a final status
+    print-service cancel JOB [--force]   cancel a job and follow its events
+    print-service status JOB             ask for a job's current status
+    print-service watch JOB              print a job's status, then every event until it ends
+
+The client commands publish on MQTT and listen on AMQP exactly as any integrator would:
+a private queue bound to `events/<jobId>` (and to the rejections of the queue), created
+before the command is published so that no event is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE
+from service.config import BrokerUrl, ConfigError, Settings
+from service.core.events import EVENT_ROUTE_PREFIX, REJECTION_ROUTE_PREFIX
+from service.core.jobs import FINAL_STATUSES
+from service.logs import configure_logging
+from service.models import (
+    CancelPrintJob,
+    CommandRejected,
+    CreatePrintJob,
+    GetPrintJobStatus,
+    MessageType,
+    PrintJobEvent,
+    Priority,
+)
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_CONFIG = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"print-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command in (None, "run"):
+        return _run_service(settings)
+    return asyncio.run(_client_command(args, settings))
+
+
+def _run_service(settings: Settings) -> int:
+    from service.app import Service  # noqa: PLC0415 - the client commands do not need it
+
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+
+    async def run() -> None:
+        await Service(settings).run(install_signal_handlers=True)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"print-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="print-service",
+        description="Print job service: MQTT commands in, AMQP job events out. "
+        "Brokers come from MQTT_URL and AMQP_URL.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the service (the default)")
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--queue", default="default", help="queueId (topic commands/<queue>)")
+        p.add_argument("--api-key", help="sent as x-api-key")
+        p.add_argument("--correlation-id", help="sent as x-correlation-id (default: a new UUID)")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for events")
+        p.add_argument("--json", action="store_true", help="print events as JSON lines")
+        p.add_argument("--gzip", action="store_true", help="gzip the command")
+        p.add_argument(
+            "--mqtt-version",
+            choices=("5", "3.1.1"),
+            default="5",
+            help="3.1.1 sends the command in an envelope",
+        )
+        return p
+
+    submit = client("submit", "create a print job and follow it")
+    submit.add_argument("--job-id", default=None, help="default: a new UUID")
+    submit.add_argument("--user", dest="user_id")
+    submit.add_argument("--document", dest="document_name")
+    submit.add_argument("--priority", choices=[p.value for p in Priority])
+    submit.add_argument("--no-follow", action="store_true", help="publish and exit")
+    cancel = client("cancel", "cancel a print job")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--force", action="store_true", help="also stop a job being printed")
+    status = client("status", "ask for a job's current status")
+    status.add_argument("job_id")
+    watch = client("watch", "follow a job until it ends")
+    watch.add_argument("job_id")
+    return parser
+
+
+async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
+    correlation_id = args.correlation_id or str(uuid.uuid4())
+    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus
+    if args.command == "submit":
+        message = CreatePrintJob(
+            jobId=args.job_id or str(uuid.uuid4()),
+            userId=args.user_id,
+            documentName=args.document_name,
+            priority=Priority(args.priority) if args.priority else None,
+        )
+        message_type = MessageType.createPrintJob
+    elif args.command == "cancel":
+        message = CancelPrintJob(jobId=args.job_id, force=args.force)
+        message_type = MessageType.cancelPrintJob
+    else:
+        message = GetPrintJobStatus(jobId=args.job_id)
+        message_type = MessageType.getPrintJobStatus
+    job_id = message.jobId
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        events = await channel.get_exchange(EVENTS_EXCHANGE)
+        rejections = await channel.get_exchange(REJECTIONS_EXCHANGE)
+        await queue.bind(events, EVENT_ROUTE_PREFIX + job_id)
+        await queue.bind(rejections, REJECTION_ROUTE_PREFIX + args.queue)
+        await _publish(settings, args, message, message_type, correlation_id)
+        print(f"sent {message_type.value} job={job_id} correlation={correlation_id}")
+        if args.command == "submit" and args.no_follow:
+            return EXIT_OK
+        return await _follow(queue, args, correlation_id)
+
+
+async def _publish(
+    settings: Settings,
+    args: argparse.Namespace,
+    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus,
+    message_type: MessageType,
+    correlation_id: str,
+) -> None:
+    url = BrokerUrl(settings.mqtt_url, schemes=("mqtt", "mqtts"))
+    headers = {"x-message-type": message_type.value, "x-correlation-id": correlation_id}
+    if args.api_key:
+        headers["x-api-key"] = args.api_key
+    body: dict[str, Any] = message.model_dump(mode="json", exclude_none=True)
+    v5 = args.mqtt_version == "5"
+    properties = None
+    if v5:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = list(headers.items())
+        payload = json.dumps(body).encode()
+    else:
+        payload = json.dumps({"headers": headers, "payload": body}).encode()
+    if args.gzip:
+        payload = gzip.compress(payload)
+    async with aiomqtt.Client(
+        url.host,
+        url.port,
+        username=url.username,
+        password=url.password,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        tls_params=aiomqtt.TLSParameters() if url.tls else None,
+    ) as client:
+        await client.publish(f"commands/{args.queue}", payload, qos=1, properties=properties)
+
+
+async def _follow(
+    queue: aio_pika.abc.AbstractQueue, args: argparse.Namespace, correlation_id: str
+) -> int:
+    # `watch` sent a status query: a new subscriber sees only what happens next, so the
+    # answer tells where the job is now, and the events that follow the rest.
+    try:
+        async with asyncio.timeout(args.timeout), queue.iterator() as messages:
+            async for incoming in messages:
+                async with incoming.process():
+                    body = incoming.body
+                    if incoming.content_encoding == "gzip":
+                        body = gzip.decompress(body)
+                    if incoming.type == "commandRejected":
+                        rejected = CommandRejected.model_validate_json(body)
+                        if rejected.correlationId != correlation_id:
+                            continue  # another client's rejection on the same queue
+                        _show(args, rejected.model_dump(mode="json", exclude_none=True), None)
+                        return EXIT_REJECTED
+                    event = PrintJobEvent.model_validate_json(body)
+                    _show(
+                        args,
+                        event.model_dump(mode="json", exclude_none=True),
+                        incoming.correlation_id,
+                    )
+                    if args.command == "status" and event.snapshot:
+                        return EXIT_OK
+                    if event.status in FINAL_STATUSES:
+                        return EXIT_OK
+    except TimeoutError:
+        print(f"no final status within {args.timeout} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, event: dict[str, Any], correlation_id: str | None) -> None:
+    if args.json:
+        print(json.dumps({**event, "correlationId": correlation_id or event.get("correlationId")}))
+        return
+    if "reason" in event and "status" not in event:
+        print(
+            f"REJECTED {event['reason']}: {event['message']} correlation={event['correlationId']}"
+        )
+        return
+    snapshot = " (current)" if event.get("snapshot") else ""
+    print(
+        f"{event['timestamp']}  job={event['jobId']}  {event['status']}{snapshot}  "
+        f"seq={event['sequence']}  queue={event['queueId']}  correlation={correlation_id}",
+        flush=True,
+    )

@@ -1,0 +1,142 @@
+"""Configuration from environment variables, validated once at start.
+
+Every variable is listed in README.md; `Settings.from_env()` reports all bad ones at once.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["BrokerUrl", "ConfigError", "Settings"]
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable service; the message says what to fix."""
+
+
+class BrokerUrl:
+    """A parsed broker URL: scheme, host, port, credentials, TLS."""
+
+    DEFAULT_PORTS: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"mqtt": 1883, "mqtts": 8883, "amqp": 5672, "amqps": 5671}
+    )
+
+    def __init__(self, url: str, *, schemes: tuple[str, str]) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes:
+            raise ValueError(f"scheme must be {' or '.join(schemes)}, not {parts.scheme!r}")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        self.url = url
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or self.DEFAULT_PORTS[parts.scheme]
+        self.username = unquote(parts.username) if parts.username is not None else None
+        self.password = unquote(parts.password) if parts.password is not None else None
+        self.path = parts.path
+        self.tls = parts.scheme.endswith("s")
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}{self.path}"
+
+
+def _mqtt_url(value: str) -> str:
+    BrokerUrl(value, schemes=("mqtt", "mqtts"))
+    return value
+
+
+def _amqp_url(value: str) -> str:
+    BrokerUrl(value, schemes=("amqp", "amqps"))
+    return value
+
+
+def _default_client_id() -> str:
+    # Stable across restarts of the same pod or host, so the persistent session is resumed.
+    return f"print-service-{socket.gethostname()}"[:64]
+
+
+class Settings(BaseSettings):
+    """The service's settings. Names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    mqtt_url: Annotated[str, AfterValidator(_mqtt_url)] = "mqtt://127.0.0.1:1883"
+    mqtt_client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=64)
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_keepalive: int = Field(default=60, ge=5, le=65535)
+    mqtt_session_expiry: int = Field(default=86_400, ge=0)
+    mqtt_commands_topic: str = "commands/+"
+    mqtt_last_will_topic: str = "/last-wills"
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+
+    amqp_url: Annotated[str, AfterValidator(_amqp_url)] = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_ca_file: Path | None = None
+    amqp_cert_file: Path | None = None
+    amqp_key_file: Path | None = None
+    event_gzip: bool = True
+    publish_concurrency: int = Field(default=256, ge=1, le=10_000)
+
+    api_keys: Annotated[frozenset[str], NoDecode] = frozenset()
+    max_message_bytes: int = Field(default=1_048_576, ge=256)
+    max_decompressed_bytes: int = Field(default=4_194_304, ge=256)
+
+    print_duration: float = Field(default=2.0, ge=0)
+
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_timeout: float = Field(default=20.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator(
+        "mqtt_ca_file",
+        "mqtt_cert_file",
+        "mqtt_key_file",
+        "amqp_ca_file",
+        "amqp_cert_file",
+        "amqp_key_file",
+    )
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def mqtt(self) -> BrokerUrl:
+        return BrokerUrl(self.mqtt_url, schemes=("mqtt", "mqtts"))
+
+    @property
+    def amqp(self) -> BrokerUrl:
+        return BrokerUrl(self.amqp_url, schemes=("amqp", "amqps"))
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from the environment, or a ConfigError naming every bad variable."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            lines = [
+                f"  {'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            ]
+            raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,109 @@
+"""What the service publishes: job events and rejections, validated against the contract.
+
+Each is built once, as an `Outgoing` value holding the serialised body, and goes through the
+outbox unchanged, so a redelivery carries the same bytes and the same message id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Final
+from uuid import UUID
+
+from service.core.codec import Rejection
+from service.core.jobs import Job
+from service.models import CommandRejected, PrintJobEvent
+
+__all__ = [
+    "EVENT_ROUTE_PREFIX",
+    "REJECTION_ROUTE_PREFIX",
+    "Kind",
+    "Outgoing",
+    "job_event",
+    "rejection_event",
+]
+
+EVENT_ROUTE_PREFIX: Final = "events/"
+REJECTION_ROUTE_PREFIX: Final = "rejections/"
+
+
+class Kind(StrEnum):
+    """The contract's message name, also the AMQP `type` property."""
+
+    job_event = "printJobEvent"
+    rejection = "commandRejected"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outgoing:
+    """A message ready for the outbox: routed, serialised, with its identity fixed."""
+
+    message_id: str
+    kind: Kind
+    routing_key: str
+    # Messages with the same order key are published in the order they were emitted.
+    order_key: str
+    body: bytes
+    correlation_id: str
+    # The event's status or the rejection's reason: a metrics label.
+    label: str
+    # Wall-clock time the causing command arrived, for the command-to-event latency.
+    received_at: float | None
+
+
+def job_event(
+    job: Job,
+    *,
+    event_id: UUID,
+    correlation_id: str,
+    received_at: float | None,
+    snapshot_at: datetime | None = None,
+) -> Outgoing:
+    """The event for the job's current status; with `snapshot_at`, the answer to a query."""
+    event = PrintJobEvent(
+        jobId=job.job_id,
+        status=job.status,
+        eventId=event_id,
+        sequence=job.sequence,
+        timestamp=snapshot_at or job.updated_at,
+        queueId=job.queue_id,
+        snapshot=snapshot_at is not None,
+        reason=job.reason,
+    )
+    return Outgoing(
+        message_id=str(event_id),
+        kind=Kind.job_event,
+        routing_key=EVENT_ROUTE_PREFIX + job.job_id,
+        order_key=job.job_id,
+        body=event.model_dump_json(exclude_none=True).encode(),
+        correlation_id=correlation_id,
+        label=job.status.value,
+        received_at=received_at,
+    )
+
+
+def rejection_event(rejection: Rejection, *, event_id: UUID, now: datetime) -> Outgoing:
+    """The answer to a command that could not be applied."""
+    event = CommandRejected(
+        eventId=event_id,
+        reason=rejection.reason,
+        message=rejection.message,
+        correlationId=rejection.correlation_id,
+        timestamp=now.astimezone(UTC),
+        jobId=rejection.job_id,
+        queueId=rejection.queue_id,
+        messageType=rejection.message_type,
+        errors=list(rejection.errors) or None,
+    )
+    return Outgoing(
+        message_id=str(event_id),
+        kind=Kind.rejection,
+        routing_key=REJECTION_ROUTE_PREFIX + rejection.queue_id,
+        order_key=REJECTION_ROUTE_PREFIX + rejection.queue_id,
+        body=event.model_dump_json(exclude_none=True).encode(),
+        correlation_id=rejection.correlation_id,
+        label=rejection.reason.value,
+        received_at=rejection.received_at,
+    )

@@ -1,0 +1,140 @@
+"""Feeds each queue's printer one job at a time, and records what the printer reports.
+
+One worker task per queue with waiting jobs; it exits when its queue is empty. The state
+machine stays the judge: a transition the job no longer allows (it was canceled meanwhile)
+is skipped, so a cancel racing a printer's "done" cannot produce two final events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from service.core import jobs
+from service.core.events import job_event
+from service.core.scheduler import WaitingJobs
+from service.metrics import Metrics
+from service.models import JobStatus
+from service.ports import JobStore, Printer, PrinterDirectory, PrintOutcome
+
+__all__ = ["PrintDispatcher"]
+
+log = structlog.get_logger(__name__)
+
+Transition = Callable[..., "jobs.Job | jobs.Refusal"]
+
+
+class PrintDispatcher:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        printers: PrinterDirectory,
+        metrics: Metrics,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._printers = printers
+        self._metrics = metrics
+        self._on_commit = on_commit
+        self._waiting = WaitingJobs()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._printing: set[str] = set()  # from just before `started` until the printer returns
+        self._stop_requested: set[str] = set()
+        self._tasks: asyncio.TaskGroup | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Own the workers until `stopping` is set; jobs being printed then stay `started`."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            await self._recover()
+            await stopping.wait()
+            self._tasks = None
+            for worker in self._workers.values():
+                worker.cancel()
+
+    def enqueue(self, job: jobs.Job) -> None:
+        """A created job waits for its queue's printer."""
+        self._waiting.push(job)
+        if self._tasks is not None and job.queue_id not in self._workers:
+            worker = self._tasks.create_task(self._work(job.queue_id), name=f"queue:{job.queue_id}")
+            self._workers[job.queue_id] = worker
+
+    def withdraw(self, job: jobs.Job) -> None:
+        """`job` was canceled: drop it from its queue, or stop the printer printing it."""
+        self._waiting.remove(job.job_id)
+        if job.job_id in self._printing and self._tasks is not None:
+            self._stop_requested.add(job.job_id)
+            self._tasks.create_task(self._stop_printer(job))
+
+    async def _recover(self) -> None:
+        for job in await self._store.waiting_jobs():
+            self._metrics.jobs.labels(job.status.value).inc()
+            if job.status is JobStatus.created:
+                self.enqueue(job)
+
+    async def _stop_printer(self, job: jobs.Job) -> None:
+        try:
+            await self._printers.printer_for(job.queue_id).cancel(job.job_id)
+        except Exception:
+            log.exception("printer_cancel_failed", job_id=job.job_id)
+
+    async def _work(self, queue_id: str) -> None:
+        printer = self._printers.printer_for(queue_id)
+        try:
+            while (job_id := self._waiting.pop(queue_id)) is not None:
+                self._printing.add(job_id)
+                try:
+                    await self._print(printer, job_id)
+                except Exception:
+                    # The `failed` status arrives with the IPP backend; until then the job stays
+                    # as it is and the queue moves on.
+                    log.exception("print_failed", job_id=job_id, printer=printer.name)
+                finally:
+                    self._printing.discard(job_id)
+                    self._stop_requested.discard(job_id)
+        finally:
+            del self._workers[queue_id]
+
+    async def _print(self, printer: Printer, job_id: str) -> None:
+        job = await self._transition(job_id, jobs.start)
+        if job is None or job_id in self._stop_requested:
+            return
+        outcome = await printer.print(job)
+        if outcome is PrintOutcome.completed:
+            await self._transition(job_id, jobs.finish)
+
+    async def _transition(self, job_id: str, change: Transition) -> jobs.Job | None:
+        async with self._store.transaction() as tx:
+            job = await tx.get(job_id)
+            if job is None:
+                return None
+            result = change(job, now=datetime.now(UTC))
+            if isinstance(result, jobs.Refusal):
+                log.debug("transition_skipped", job_id=job_id, why=result.message)
+                return None
+            tx.put(result)
+            tx.emit(
+                job_event(
+                    result,
+                    event_id=uuid.uuid4(),
+                    correlation_id=job.correlation_id,
+                    received_at=None,
+                )
+            )
+        self._metrics.jobs.labels(job.status.value).dec()
+        self._metrics.jobs.labels(result.status.value).inc()
+        self._on_commit()
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=job.correlation_id, job_id=job_id, queue_id=job.queue_id
+        ):
+            log.info("job_status_changed", status=result.status.value, sequence=result.sequence)
+        return result

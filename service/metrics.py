@@ -1,0 +1,71 @@
+"""Prometheus metrics, in one container with the registry passed in (a fresh one per test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every metric the service exports; names follow Prometheus' naming rules."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.commands = Counter(
+            "print_commands_received_total",
+            "Commands received, by message type and outcome.",
+            ["type", "outcome"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "print_events_published_total",
+            "Job events confirmed by the AMQP broker, by status.",
+            ["status"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "print_rejections_total",
+            "Rejections confirmed by the AMQP broker, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "print_command_to_event_seconds",
+            "Time from a command's arrival to the broker's confirm of the event it caused.",
+            ["status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.jobs = Gauge(
+            "print_jobs", "Jobs known to this instance, by state.", ["state"], registry=registry
+        )
+        self.broker_up = Gauge(
+            "print_broker_connected",
+            "1 while the connection to the broker is up.",
+            ["broker"],
+            registry=registry,
+        )
+        self.outbox_depth = Gauge(
+            "print_outbox_depth",
+            "Messages waiting for the AMQP broker's confirm.",
+            registry=registry,
+        )
+        self.publish_failures = Counter(
+            "print_publish_failures_total",
+            "Publishes that failed and will be retried.",
+            registry=registry,
+        )
+        self.last_wills = Counter(
+            "print_last_wills_received_total",
+            "Last wills of other MQTT clients seen on the last-will topic.",
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "print_broker_reconnect_attempts_total",
+            "Attempts to (re)connect to a broker.",
+            ["broker"],
+            registry=registry,
+        )

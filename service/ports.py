@@ -1,0 +1,95 @@
+"""The seams between the core and the outside: small Protocols, one per kind of adapter.
+
+Each has a production adapter beside it (`service.store`, `service.printers`,
+`service.adapters`) and can be replaced by a fake in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from service.core.events import Outgoing
+from service.core.jobs import Job
+
+__all__ = [
+    "EventPublisher",
+    "JobStore",
+    "OutboxRecord",
+    "PrintOutcome",
+    "Printer",
+    "PrinterDirectory",
+    "StoreTransaction",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """An outbox row: `position` orders rows and identifies them for `mark_sent`."""
+
+    position: int
+    message: Outgoing
+
+
+class StoreTransaction(Protocol):
+    """Reads and writes that commit together, or not at all."""
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    def put(self, job: Job) -> None: ...
+
+    def emit(self, message: Outgoing) -> None: ...
+
+
+class JobStore(Protocol):
+    """Jobs and the outbox of messages their changes produced."""
+
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """Commits on a normal exit, discards everything on an exception."""
+        ...
+
+    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+        """The oldest messages not yet confirmed by the broker."""
+        ...
+
+    async def mark_sent(self, positions: Iterable[int]) -> None: ...
+
+    async def waiting_jobs(self) -> Sequence[Job]:
+        """Jobs that are created or started: what a restart must pick up again."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class PrintOutcome(StrEnum):
+    completed = "completed"
+    canceled = "canceled"
+
+
+class Printer(Protocol):
+    """One printer: prints one job at a time."""
+
+    name: str
+
+    async def print(self, job: Job) -> PrintOutcome:
+        """Returns when the printer says the job is done, or that it stopped it."""
+        ...
+
+    async def cancel(self, job_id: str) -> None:
+        """Asks the printer to stop `job_id` if it is printing it; no-op otherwise."""
+        ...
+
+
+class PrinterDirectory(Protocol):
+    """Which printer serves a queue."""
+
+    def printer_for(self, queue_id: str) -> Printer: ...
+
+
+class EventPublisher(Protocol):
+    """Publishes a message and returns once the broker has confirmed it."""
+
+    async def publish(self, message: Outgoing) -> None: ...
