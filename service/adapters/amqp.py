@@ -170,7 +170,7 @@ class AmqpPublisher:
 
     def _on_close(self, _connection: object, exc: BaseException | None = None) -> None:
         self._metrics.broker_up.labels("amqp").set(0)
-        if exc is not None:
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
             log.warning("amqp_connection_lost", error=repr(exc))
 
     def _on_reconnect(self, _connection: object) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "Refusal",
     "cancel",
     "create",
+    "document_name",
     "finish",
     "start",
 ]
@@ -65,7 +66,7 @@ class Job:
         return (
             self.queue_id == queue_id
             and self.user_id == command.userId
-            and self.document_name == command.documentName
+            and self.document_name == document_name(command)
             and self.priority == (command.priority or Priority.medium)
         )
 
@@ -101,11 +102,21 @@ def create(
         sequence=1,
         priority=command.priority or Priority.medium,
         user_id=command.userId,
-        document_name=command.documentName,
+        document_name=document_name(command),
         created_at=now,
         updated_at=now,
         correlation_id=correlation_id,
     )
+
+
+def document_name(command: CreatePrintJob) -> str | None:
+    """`documentName`, which the contract deprecates but we still honour.
+
+    Read from the model's field storage: attribute access emits a DeprecationWarning meant for
+    clients of the model, not for the service that implements the contract.
+    """
+    value = vars(command).get("documentName")
+    return value if isinstance(value, str) else None
 
 
 def _advance(job: Job, status: JobStatus, now: datetime, reason: str | None = None) -> Job:
