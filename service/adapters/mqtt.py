@@ -131,7 +131,7 @@ class MqttIngress:
             tls_params=tls,
         )
         # The one place we reach into paho: acknowledge after commit, not on receipt.
-        client._client.manual_ack_set(on=True)
+        client._client.manual_ack_set(on=True)  # noqa: SLF001
         return client
 
     async def _consume_until_stopped(
@@ -168,7 +168,7 @@ class MqttIngress:
                 else:
                     await handle(_inbound(message))
                 if message.qos > 0:
-                    client._client.ack(message.mid, message.qos)
+                    client._client.ack(message.mid, message.qos)  # noqa: SLF001
             finally:
                 self._handling = False
             if stopping.is_set():

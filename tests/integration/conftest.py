@@ -158,9 +158,7 @@ async def amqp(brokers: Brokers) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
 
 
 @pytest.fixture
-async def listener(
-    service: Service, amqp: aio_pika.abc.AbstractChannel, queue_id: str
-) -> Listener:
+async def listener(service: Service, amqp: aio_pika.abc.AbstractChannel, queue_id: str) -> Listener:
     """Listens to `rejections/<queue_id>`; tests add the job routes they follow."""
     queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
     await queue.bind(REJECTIONS_EXCHANGE, f"rejections/{queue_id}")
@@ -232,3 +230,23 @@ def publisher(brokers: Brokers) -> Publisher:
 
 def statuses(received: list[Received]) -> list[str]:
     return [r.body["status"] for r in received if r.kind == "printJobEvent"]
+
+
+def counter(service: Service, name: str, *labels: str) -> float:
+    """The current value of one of the service's metrics."""
+    names = {
+        "print_rejections_total": service.metrics.rejections,
+        "print_events_published_total": service.metrics.events,
+        "print_last_wills_received_total": service.metrics.last_wills,
+    }
+    metric = names[name]
+    sample = metric.labels(*labels) if labels else metric
+    return float(sample._value.get())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether `check` becomes true within `timeout` (for values updated after a confirm)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+    return True

@@ -150,8 +150,8 @@ async def test_duplicate_create_makes_no_second_job(
     events = await listener.until(lambda r: r.body.get("status") == "finished")
     assert statuses(events) == ["created", "started", "finished"]
     assert await listener.quiet(0.5) == []
-    counted = service.metrics.commands.labels("createPrintJob", "duplicate")._value.get()
-    assert counted == 2
+    duplicates = service.metrics.commands.labels("createPrintJob", "duplicate")
+    assert duplicates._value.get() == 2
 
 
 async def test_same_job_id_with_other_payload_is_a_conflict(
