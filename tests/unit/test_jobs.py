@@ -1,0 +1,267 @@
+"""The job state machine: every operation from every status, and idempotent creation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.core import jobs
+from service.core.jobs import FINAL_STATUSES, PRIORITY_RANK, Job, Refusal
+from service.models import CreatePrintJob, JobStatus, Priority, RejectionReason
+
+CREATED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+NOW = CREATED_AT + timedelta(minutes=5)
+QUEUE = "queue-1"
+JOB_ID = "job-1"
+# A sequence that is not 1, so an increment cannot be mistaken for a fresh job.
+SEQUENCE = 7
+
+
+def a_create(job_id: str = JOB_ID, **fields: Any) -> CreatePrintJob:
+    return CreatePrintJob.model_validate({"jobId": job_id, **fields})
+
+
+def a_job(status: JobStatus, **overrides: Any) -> Job:
+    """A job that has reached `status`, with every field set to something recognisable."""
+    job = Job(
+        job_id=JOB_ID,
+        queue_id=QUEUE,
+        status=status,
+        sequence=SEQUENCE,
+        priority=Priority.low,
+        user_id="alice",
+        document_name="report.pdf",
+        created_at=CREATED_AT,
+        updated_at=CREATED_AT + timedelta(seconds=1),
+        correlation_id="corr-original",
+    )
+    return dataclasses.replace(job, **overrides)
+
+
+# The job `a_job` describes, as a create command would ask for it.
+SAME_CREATE = {"userId": "alice", "documentName": "report.pdf", "priority": "low"}
+
+Operation = Callable[[Job], Job | Refusal]
+
+OPERATIONS: dict[str, Operation] = {
+    "start": lambda job: jobs.start(job, now=NOW),
+    "finish": lambda job: jobs.finish(job, now=NOW),
+    "cancel": lambda job: jobs.cancel(job, force=False, now=NOW),
+    "force-cancel": lambda job: jobs.cancel(job, force=True, now=NOW),
+}
+
+# (operation, from status) -> the new status and its reason, or the refusal's reason.
+# Every pair is listed; `test_the_table_covers_every_pair` keeps it that way.
+ALLOWED: dict[tuple[str, JobStatus], tuple[JobStatus, str | None]] = {
+    ("start", JobStatus.created): (JobStatus.started, None),
+    ("finish", JobStatus.started): (JobStatus.finished, None),
+    ("cancel", JobStatus.created): (JobStatus.canceled, "canceled before it started"),
+    ("force-cancel", JobStatus.created): (JobStatus.canceled, "canceled before it started"),
+    ("force-cancel", JobStatus.started): (JobStatus.canceled, "force-canceled while printing"),
+}
+REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
+    ("start", JobStatus.started): RejectionReason.job_started,
+    ("start", JobStatus.finished): RejectionReason.job_final,
+    ("start", JobStatus.canceled): RejectionReason.job_final,
+    ("finish", JobStatus.created): RejectionReason.job_started,
+    ("finish", JobStatus.finished): RejectionReason.job_final,
+    ("finish", JobStatus.canceled): RejectionReason.job_final,
+    ("cancel", JobStatus.started): RejectionReason.job_started,
+    ("cancel", JobStatus.finished): RejectionReason.job_final,
+    ("cancel", JobStatus.canceled): RejectionReason.job_final,
+    ("force-cancel", JobStatus.finished): RejectionReason.job_final,
+    ("force-cancel", JobStatus.canceled): RejectionReason.job_final,
+}
+
+
+def test_the_table_covers_every_pair() -> None:
+    every_pair = {(op, status) for op in OPERATIONS for status in JobStatus}
+    assert ALLOWED.keys() | REFUSED.keys() == every_pair
+    assert not ALLOWED.keys() & REFUSED.keys()
+
+
+@pytest.mark.parametrize(
+    ("operation", "status", "expected_status", "expected_reason"),
+    [(op, status, *outcome) for (op, status), outcome in ALLOWED.items()],
+)
+def test_allowed_transition(
+    operation: str,
+    status: JobStatus,
+    expected_status: JobStatus,
+    expected_reason: str | None,
+) -> None:
+    job = a_job(status)
+
+    result = OPERATIONS[operation](job)
+
+    assert isinstance(result, Job)
+    assert result.status is expected_status
+    assert result.sequence == SEQUENCE + 1
+    assert result.reason == expected_reason
+    assert result.updated_at == NOW
+    # Nothing but the status and its bookkeeping changes.
+    assert dataclasses.replace(
+        result, status=status, sequence=SEQUENCE, updated_at=job.updated_at, reason=None
+    ) == dataclasses.replace(job, reason=None)
+    # The job given in is a value: it is left as it was.
+    assert job == a_job(status)
+
+
+@pytest.mark.parametrize(
+    ("operation", "status", "expected_reason"),
+    [(op, status, reason) for (op, status), reason in REFUSED.items()],
+)
+def test_refused_transition(
+    operation: str, status: JobStatus, expected_reason: RejectionReason
+) -> None:
+    job = a_job(status)
+
+    result = OPERATIONS[operation](job)
+
+    assert isinstance(result, Refusal)
+    assert result.reason is expected_reason
+    assert JOB_ID in result.message
+    assert job == a_job(status)
+
+
+def test_a_final_status_is_named_in_the_refusal() -> None:
+    result = jobs.cancel(a_job(JobStatus.finished), force=True, now=NOW)
+
+    assert isinstance(result, Refusal)
+    assert "finished" in result.message
+
+
+def test_an_unforced_cancel_of_a_printing_job_says_how_to_force_it() -> None:
+    result = jobs.cancel(a_job(JobStatus.started), force=False, now=NOW)
+
+    assert isinstance(result, Refusal)
+    assert "force" in result.message
+
+
+def test_a_transition_does_not_carry_an_old_reason_over() -> None:
+    # Only `canceled` carries a reason today; a later transition must not inherit one.
+    job = a_job(JobStatus.created, reason="stale")
+
+    result = jobs.start(job, now=NOW)
+
+    assert isinstance(result, Job)
+    assert result.reason is None
+
+
+def test_a_whole_lifecycle_counts_each_change() -> None:
+    job = jobs.create(None, a_create(), queue_id=QUEUE, correlation_id="c", now=CREATED_AT)
+    assert isinstance(job, Job)
+    started = jobs.start(job, now=NOW)
+    assert isinstance(started, Job)
+    finished = jobs.finish(started, now=NOW + timedelta(seconds=1))
+    assert isinstance(finished, Job)
+
+    assert [j.sequence for j in (job, started, finished)] == [1, 2, 3]
+    assert [j.status for j in (job, started, finished)] == [
+        JobStatus.created,
+        JobStatus.started,
+        JobStatus.finished,
+    ]
+    assert finished.created_at == CREATED_AT
+
+
+# --- create -----------------------------------------------------------------------------------
+
+
+def test_create_a_new_job() -> None:
+    command = a_create(userId="bob", documentName="a.pdf", priority="high")
+
+    job = jobs.create(None, command, queue_id=QUEUE, correlation_id="corr-1", now=NOW)
+
+    assert job == Job(
+        job_id=JOB_ID,
+        queue_id=QUEUE,
+        status=JobStatus.created,
+        sequence=1,
+        priority=Priority.high,
+        user_id="bob",
+        document_name="a.pdf",
+        created_at=NOW,
+        updated_at=NOW,
+        correlation_id="corr-1",
+        reason=None,
+    )
+
+
+def test_a_new_job_without_a_priority_waits_as_medium() -> None:
+    job = jobs.create(None, a_create(), queue_id=QUEUE, correlation_id="c", now=NOW)
+
+    assert isinstance(job, Job)
+    assert job.priority is Priority.medium
+    assert job.user_id is None
+    assert job.document_name is None
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_an_identical_create_is_a_no_op_in_every_status(status: JobStatus) -> None:
+    existing = a_job(status)
+
+    result = jobs.create(
+        existing, a_create(**SAME_CREATE), queue_id=QUEUE, correlation_id="other", now=NOW
+    )
+
+    assert result is None
+
+
+@pytest.mark.parametrize("priority", [None, "medium"])
+def test_an_absent_priority_and_medium_are_the_same_request(priority: str | None) -> None:
+    existing = a_job(JobStatus.created, priority=Priority.medium)
+    fields: dict[str, Any] = {**SAME_CREATE, "priority": priority}
+
+    result = jobs.create(existing, a_create(**fields), queue_id=QUEUE, correlation_id="c", now=NOW)
+
+    assert result is None
+
+
+CONFLICTS = {
+    "other user": ({**SAME_CREATE, "userId": "mallory"}, QUEUE),
+    "no user": ({**SAME_CREATE, "userId": None}, QUEUE),
+    "other document": ({**SAME_CREATE, "documentName": "other.pdf"}, QUEUE),
+    "other priority": ({**SAME_CREATE, "priority": "high"}, QUEUE),
+    "default priority": ({**SAME_CREATE, "priority": None}, QUEUE),
+    "other queue": (SAME_CREATE, "queue-2"),
+}
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+@pytest.mark.parametrize(("fields", "queue_id"), list(CONFLICTS.values()), ids=list(CONFLICTS))
+def test_a_conflicting_create_is_refused_in_every_status(
+    status: JobStatus, fields: dict[str, Any], queue_id: str
+) -> None:
+    existing = a_job(status)
+
+    result = jobs.create(
+        existing, a_create(**fields), queue_id=queue_id, correlation_id="c", now=NOW
+    )
+
+    assert isinstance(result, Refusal)
+    assert result.reason is RejectionReason.job_conflict
+    assert JOB_ID in result.message
+
+
+# --- the constants ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_is_final(status: JobStatus) -> None:
+    assert a_job(status).is_final is (status in {JobStatus.finished, JobStatus.canceled})
+
+
+def test_final_statuses() -> None:
+    assert frozenset({JobStatus.finished, JobStatus.canceled}) == FINAL_STATUSES
+
+
+def test_priority_rank_puts_high_first_and_covers_every_priority() -> None:
+    assert set(PRIORITY_RANK) == set(Priority)
+    assert (
+        PRIORITY_RANK[Priority.high] < PRIORITY_RANK[Priority.medium] < PRIORITY_RANK[Priority.low]
+    )
