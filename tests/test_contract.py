@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def contract() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "asyncapi.yaml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "asyncapi.yaml").read_text())
+    return loaded
 
 
 def test_committed_models_are_what_the_contract_generates():

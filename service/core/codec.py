@@ -13,9 +13,9 @@ import json
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.models import (
     CancelPrintJob,
@@ -25,6 +25,7 @@ from service.models import (
     FieldError,
     GetPrintJobStatus,
     MessageType,
+    PrintJobEvent,
     RejectionReason,
 )
 
@@ -49,6 +50,9 @@ CORRELATION_ID_MAX: Final = 256
 MESSAGE_TYPES: Final = frozenset(t.value for t in MessageType)
 
 _M = TypeVar("_M", bound=BaseModel)
+
+# The queueId constraint, as the generated model has it (the topic's last level is the queueId).
+QUEUE_ID: Final = TypeAdapter(Annotated[(str, *PrintJobEvent.model_fields["queueId"].metadata)])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,23 +152,21 @@ class CommandDecoder:
     def _decode(self, inbound: Inbound, queue_id: str, partial: _Partial) -> DecodedCommand:
         body = self._parse(inbound)
         raw_headers: dict[str, Any] = dict(inbound.properties)
+        if "content-encoding" in raw_headers:
+            raw_headers["content-encoding"] = raw_headers["content-encoding"].lower()
         if "headers" in body or "payload" in body:
-            envelope = _validate(CommandEnvelope, body, prefix="")
-            raw_headers.update(envelope.headers.model_dump(by_alias=True, exclude_none=True))
-            body = envelope.payload
-            partial.correlation_id = self._correlation_id(raw_headers, inbound)
-        job_id = body.get("jobId")
-        partial.job_id = job_id if isinstance(job_id, str) else None
-
-        raw_type = raw_headers.get("x-message-type")
-        if raw_type is not None:
-            partial.message_type = str(raw_type)
-            if raw_type not in MESSAGE_TYPES:
-                raise _Rejected(
-                    RejectionReason.unknown_message_type,
-                    f"x-message-type {raw_type!r} is not one of "
-                    f"{', '.join(t.value for t in MessageType)}",
-                )
+            # Read what the envelope says of itself before validating it, so that even a
+            # rejected envelope is answered with its sender's correlation id and type.
+            if isinstance(envelope_headers := body.get("headers"), dict):
+                raw_headers.update(envelope_headers)
+                partial.correlation_id = self._correlation_id(raw_headers, inbound)
+            if isinstance(envelope_payload := body.get("payload"), dict):
+                _note_job_id(partial, envelope_payload)
+            _check_type(raw_headers, partial)
+            body = _validate(CommandEnvelope, body, prefix="").payload
+        _note_job_id(partial, body)
+        _check_type(raw_headers, partial)
+        _check_queue_id(queue_id)
         headers = _validate(CommandHeaders, raw_headers, prefix="headers.")
         self._authenticate(headers.x_api_key)
         message_type = headers.x_message_type or _infer_type(body)
@@ -200,7 +202,9 @@ class CommandDecoder:
             ) from exc
         try:
             body = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError: malformed, or an integer too long to convert; RecursionError: nested
+            # deeper than the parser goes. Both are the sender's JSON, not our failure.
             raise _Rejected(RejectionReason.invalid_json, f"invalid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise _Rejected(
@@ -253,6 +257,35 @@ class CommandDecoder:
         return self._new_id()
 
 
+def _note_job_id(partial: _Partial, body: Mapping[str, Any]) -> None:
+    job_id = body.get("jobId")
+    partial.job_id = job_id if isinstance(job_id, str) else None
+
+
+def _check_type(headers: Mapping[str, Any], partial: _Partial) -> None:
+    raw_type = headers.get("x-message-type")
+    if raw_type is None:
+        return
+    partial.message_type = str(raw_type)
+    if raw_type not in MESSAGE_TYPES:
+        raise _Rejected(
+            RejectionReason.unknown_message_type,
+            f"x-message-type {raw_type!r} is not one of {', '.join(sorted(MESSAGE_TYPES))}",
+        )
+
+
+def _check_queue_id(queue_id: str) -> None:
+    try:
+        QUEUE_ID.validate_python(queue_id)
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
+        raise _Rejected(
+            RejectionReason.schema_violation,
+            f"queueId {queue_id!r} (the topic's last level) is invalid: {message}",
+            (FieldError(path="queueId", message=message),),
+        ) from exc
+
+
 def _infer_type(body: Mapping[str, Any]) -> MessageType:
     """The type of a bare payload, only where it cannot be mistaken for another."""
     is_cancel = "force" in body
@@ -270,8 +303,10 @@ def _infer_type(body: Mapping[str, Any]) -> MessageType:
 
 
 def _validate(model: type[_M], data: Mapping[str, Any], *, prefix: str) -> _M:
+    # Strict, and as JSON: the contract's types exactly ("yes" is no boolean), while enums,
+    # UUIDs and date-times are still read from their JSON strings.
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         errors = tuple(
             FieldError(

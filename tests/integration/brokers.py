@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -61,6 +62,7 @@ def private_mosquitto() -> Iterator[str]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="mosquitto-") as tmp:
+        _let_mosquitto_write(tmp)
         lines = []
         for line in MOSQUITTO_CONF.read_text().splitlines():
             key = line.split(None, 1)[0] if line.strip() else ""
@@ -74,18 +76,30 @@ def private_mosquitto() -> Iterator[str]:
         ]
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
-        process = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.PIPE)
+        log = Path(tmp) / "mosquitto.log"
+        process = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 10
             while not reachable("127.0.0.1", port, 0.2):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    err = process.stderr.read().decode() if process.stderr else ""
+                    err = log.read_text() if log.exists() else ""
                     raise BrokerUnavailableError(f"private mosquitto did not start: {err}")
                 time.sleep(0.05)
             yield f"mqtt://127.0.0.1:{port}"
         finally:
             process.terminate()
             process.wait(10)
+
+
+def _let_mosquitto_write(directory: str) -> None:
+    """Started as root, Mosquitto drops to the `mosquitto` user: give it its directory."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    shutil.chown(directory, user="mosquitto")
 
 
 @contextlib.contextmanager
