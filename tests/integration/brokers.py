@@ -56,13 +56,21 @@ def docker_available() -> bool:
     return result.returncode == 0
 
 
-@contextlib.contextmanager
-def private_mosquitto() -> Iterator[str]:
-    """Mosquitto with our shipped config, on a free port, with its own persistence dir."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="mosquitto-") as tmp:
-        _let_mosquitto_write(tmp)
+class PrivateMosquitto:
+    """Mosquitto with our shipped config, on a free port, with its own persistence dir.
+
+    It can be stopped and started again on the same port with the same persistence, as a
+    broker restart is.
+    """
+
+    def __init__(self, directory: Path, *, extra: tuple[str, ...] = ()) -> None:
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.port = free_port()
+        self.dir = directory
+        self.log = directory / "mosquitto.log"
+        self.conf = directory / "mosquitto.conf"
+        self.process: subprocess.Popen[bytes] | None = None
+        _let_mosquitto_write(directory)
         lines = []
         for line in MOSQUITTO_CONF.read_text().splitlines():
             key = line.split(None, 1)[0] if line.strip() else ""
@@ -70,28 +78,46 @@ def private_mosquitto() -> Iterator[str]:
                 continue
             lines.append(line)
         lines += [
-            f"listener {port} 127.0.0.1",
-            f"persistence_location {tmp}/",
-            f"log_dest file {tmp}/mosquitto.log",
+            f"listener {self.port} 127.0.0.1",
+            f"persistence_location {directory}/",
+            f"log_dest file {self.log}",
+            *extra,
         ]
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        log = Path(tmp) / "mosquitto.log"
-        process = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while not reachable("127.0.0.1", self.port, 0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                err = self.log.read_text() if self.log.exists() else ""
+                raise BrokerUnavailableError(f"private mosquitto did not start: {err}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def private_mosquitto(*, extra: tuple[str, ...] = ()) -> Iterator[PrivateMosquitto]:
+    with tempfile.TemporaryDirectory(prefix="mosquitto-") as tmp:
+        broker = PrivateMosquitto(Path(tmp), extra=extra)
+        broker.start()
         try:
-            deadline = time.monotonic() + 10
-            while not reachable("127.0.0.1", port, 0.2):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    err = log.read_text() if log.exists() else ""
-                    raise BrokerUnavailableError(f"private mosquitto did not start: {err}")
-                time.sleep(0.05)
-            yield f"mqtt://127.0.0.1:{port}"
+            yield broker
         finally:
-            process.terminate()
-            process.wait(10)
+            broker.stop()
 
 
-def _let_mosquitto_write(directory: str) -> None:
+def _let_mosquitto_write(directory: Path) -> None:
     """Started as root, Mosquitto drops to the `mosquitto` user: give it its directory."""
     if os.geteuid() != 0:
         return
@@ -107,8 +133,8 @@ def mqtt_broker() -> Iterator[str]:
     if url := os.environ.get("MQTT_URL"):
         yield url
     elif shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
-        with private_mosquitto() as url:
-            yield url
+        with private_mosquitto() as broker:
+            yield broker.url
     elif reachable("127.0.0.1", 1883):
         yield "mqtt://127.0.0.1:1883"
     elif docker_available():

@@ -1,0 +1,170 @@
+"""Brokers come and go: the service reconnects by itself, and its persistent session keeps
+the commands published while it was away."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.integration.brokers import free_port, private_mosquitto, reachable
+from tests.integration.conftest import Listener, Publisher, ServiceFactory, eventually, unique
+
+pytestmark = pytest.mark.brokers
+
+
+@pytest.fixture(autouse=True)
+def _needs_mosquitto_binary() -> None:
+    # Not a skip: a missing component fails the run and says what to install.
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("restarting a broker needs Mosquitto installed: apt-get install mosquitto")
+
+
+async def test_service_reconnects_after_a_mosquitto_restart(
+    start_service: ServiceFactory, amqp, queue_id: str
+):
+    with private_mosquitto() as broker:
+        async with start_service(mqtt_url=broker.url) as service:
+            with capture_logs() as logs:
+                broker.stop()
+                assert await eventually(lambda: not service.ingress.connected)
+                assert service.readiness()["mqtt"] is False
+                await asyncio.sleep(1.5)  # let it fail a few times
+                broker.start()
+                assert await eventually(lambda: service.ingress.connected, timeout=40)
+            attempts = [e["attempt"] for e in logs if e["event"] == "mqtt_connecting"]
+            assert len(attempts) >= 2, "each attempt is logged"
+            assert attempts == sorted(attempts)
+
+            queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+            listener = Listener(amqp, queue)
+            job_id = unique("job")
+            await listener.bind_job(job_id)
+            await Publisher(broker.url).create(queue_id, job_id)
+            assert (await listener.next()).body["status"] == "created"
+
+
+async def test_commands_published_while_the_service_is_away_are_delivered(
+    start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
+):
+    client_id = unique("svc-persistent")
+    async with start_service(mqtt_client_id=client_id, mqtt_session_expiry=300):
+        pass  # the session (and its subscription) now exists on the broker
+    queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+    listener = Listener(amqp, queue)
+    job_ids = [unique("away") for _ in range(5)]
+    for job_id in job_ids:
+        await listener.bind_job(job_id)
+        await publisher.create(queue_id, job_id)
+
+    async with start_service(mqtt_client_id=client_id, mqtt_session_expiry=300):
+        created: list[str] = []
+        while len(created) < len(job_ids):
+            received = await listener.next()
+            if received.body["status"] == "created":
+                created.append(received.body["jobId"])
+        assert sorted(created) == sorted(job_ids), "each queued command became one job"
+
+
+def _make_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", [])):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            *extra,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            f"{name}.pem",
+        )
+    for path in directory.iterdir():
+        path.chmod(0o644)  # Mosquitto reads them as its own user; test keys only
+    return {
+        name: directory / name
+        for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
+
+
+@pytest.fixture
+def certificates() -> Iterator[dict[str, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS test needs openssl: apt-get install openssl")
+    # Not pytest's tmp_path: its parents are private to us, and Mosquitto runs as its own user.
+    with tempfile.TemporaryDirectory(prefix="certs-") as tmp:
+        Path(tmp).chmod(0o755)
+        yield _make_certificates(Path(tmp))
+
+
+async def test_mqtts_with_a_client_certificate(
+    start_service: ServiceFactory, amqp, queue_id: str, certificates: dict[str, Path]
+):
+    certs = certificates
+    tls_port = free_port()
+    extra = (
+        f"listener {tls_port} 127.0.0.1",
+        f"cafile {certs['ca.pem']}",
+        f"certfile {certs['server.pem']}",
+        f"keyfile {certs['server.key']}",
+        "require_certificate true",
+    )
+    with private_mosquitto(extra=extra) as broker:
+        assert await eventually(lambda: reachable("127.0.0.1", tls_port), timeout=5)
+        async with start_service(
+            mqtt_url=f"mqtts://127.0.0.1:{tls_port}",
+            mqtt_ca_file=certs["ca.pem"],
+            mqtt_cert_file=certs["client.pem"],
+            mqtt_key_file=certs["client.key"],
+        ):
+            queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+            listener = Listener(amqp, queue)
+            job_id = unique("tls")
+            await listener.bind_job(job_id)
+            await Publisher(broker.url).create(queue_id, job_id)  # plain listener, same broker
+            assert (await listener.next()).body["status"] == "created"
