@@ -1,0 +1,85 @@
+"""`print-service submit | cancel | status | watch`, as a person runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from service.app import Service
+from tests.integration.conftest import Brokers, unique
+
+pytestmark = pytest.mark.brokers
+
+
+async def cli(brokers: Brokers, *args: str, timeout: float = 30) -> tuple[int, list[str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        env={**os.environ, "MQTT_URL": brokers.mqtt_url, "AMQP_URL": brokers.amqp_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, (out + err).decode().splitlines()
+
+
+async def test_submit_follows_the_job_to_the_end(service: Service, brokers: Brokers):
+    queue, job_id = unique("q"), unique("job")
+    code, lines = await cli(
+        brokers,
+        "submit",
+        "--queue",
+        queue,
+        "--job-id",
+        job_id,
+        "--user",
+        "alice",
+        "--correlation-id",
+        "cli-corr-1",
+    )
+    assert code == 0, lines
+    assert lines[0] == f"sent createPrintJob job={job_id} correlation=cli-corr-1"
+    events = lines[1:]
+    assert [line.split()[2] for line in events] == ["created", "started", "finished"]
+    assert all(line.endswith("correlation=cli-corr-1") for line in events)
+
+
+async def test_status_cancel_and_watch(service: Service, brokers: Brokers):
+    queue, job_id = unique("q"), unique("job")
+    code, _ = await cli(brokers, "submit", "--queue", queue, "--job-id", job_id, "--no-follow")
+    assert code == 0
+
+    code, lines = await cli(brokers, "watch", job_id, "--queue", queue)
+    assert code == 0
+    assert lines[-1].split()[2] == "finished"
+
+    code, lines = await cli(brokers, "status", job_id, "--queue", queue, "--json")
+    assert code == 0
+    assert '"snapshot": true' in lines[-1]
+    assert '"status": "finished"' in lines[-1]
+
+    code, lines = await cli(brokers, "cancel", job_id, "--queue", queue, "--mqtt-version", "3.1.1")
+    assert code == 1, "a refused cancel exits 1 and says why"
+    assert lines[-1].startswith("REJECTED job_final:")
+
+
+async def test_submit_with_gzip_and_mqtt311(service: Service, brokers: Brokers):
+    code, lines = await cli(
+        brokers,
+        "submit",
+        "--queue",
+        unique("q"),
+        "--gzip",
+        "--mqtt-version",
+        "3.1.1",
+        "--priority",
+        "high",
+    )
+    assert code == 0, lines
+    assert lines[-1].split()[2] == "finished"
