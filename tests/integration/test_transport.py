@@ -207,3 +207,21 @@ async def _get(queue, timeout: float = 10.0):
             return message
         await asyncio.sleep(0.02)
     raise AssertionError("no message")
+
+
+async def test_service_on_mqtt311_takes_envelopes(
+    start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
+):
+    # A 3.1.1 broker connection carries no user properties: the envelope carries the headers.
+    async with start_service(mqtt_protocol="3.1.1"):
+        queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+        listener = Listener(amqp, queue)
+        job_id = unique("job")
+        await listener.bind_job(job_id)
+        envelope = {
+            "headers": {"x-message-type": "createPrintJob", "x-correlation-id": "v311"},
+            "payload": {"jobId": job_id},
+        }
+        await publisher.raw(f"commands/{queue_id}", json.dumps(envelope).encode(), v5=False)
+        event = await created_event(listener, job_id)
+        assert event.message.correlation_id == "v311"
