@@ -20,6 +20,7 @@ from typing import Final
 
 import aiomqtt
 import structlog
+from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
@@ -123,8 +124,10 @@ class MqttIngress:
             password=self._url.password,
             identifier=self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            # MQTT 5 keeps the session with clean start off (and a session expiry); 3.1.1 with
+            # clean session off. paho refuses a clean-start flag on a 3.1.1 connection.
             clean_session=None if self._v5 else False,
-            clean_start=False,
+            clean_start=False if self._v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=settings.mqtt_keepalive,
             will=will,
             properties=properties,
