@@ -31,9 +31,11 @@ from service.core.codec import CommandDecoder
 from service.dispatcher import PrintDispatcher
 from service.handler import CommandHandler
 from service.metrics import Metrics
+from service.ports import JobStore
 from service.printers.simulated import SimulatedPrinters
 from service.relay import OutboxRelay
 from service.store.memory import MemoryStore
+from service.store.sqlite import SqliteStore
 
 __all__ = ["Service"]
 
@@ -45,7 +47,10 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
-        self.store = MemoryStore()
+        path = settings.sqlite_path
+        self.store: JobStore = (
+            SqliteStore(path, synchronous=settings.store_synchronous) if path else MemoryStore()
+        )
         self.publisher = AmqpPublisher(
             url=settings.amqp,
             connection_name=settings.mqtt_client_id,
@@ -87,10 +92,13 @@ class Service:
         self.ready = asyncio.Event()
 
     def readiness(self) -> Mapping[str, bool]:
-        self.metrics.outbox_depth.set(self.store.outbox_depth)
+        depth = self.store.outbox_depth
+        self.metrics.outbox_depth.set(depth)
         return {
             "mqtt": self.ingress.connected,
             "amqp": self.publisher.connected,
+            "store": self.store.healthy,
+            "outbox": depth < self.settings.outbox_ready_limit,
             "accepting": not self.stopping.is_set(),
         }
 
@@ -118,6 +126,7 @@ class Service:
             amqp=settings.amqp.redacted(),
             printer="simulated",
         )
+        await self.store.open()
         await self.http.start()
         try:
             await self.publisher.connect()

@@ -60,6 +60,14 @@ def _amqp_url(value: str) -> str:
     return value
 
 
+def _database_url(value: str) -> str:
+    if value == "memory://" or (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
+        return value
+    raise ValueError(
+        "must be sqlite:///<path> (relative) or sqlite:////<path> (absolute), or memory://"
+    )
+
+
 def _default_client_id() -> str:
     # Stable across restarts of the same pod or host, so the persistent session is resumed.
     return f"print-service-{socket.gethostname()}"[:64]
@@ -77,6 +85,7 @@ class Settings(BaseSettings):
     mqtt_session_expiry: int = Field(default=86_400, ge=0)
     mqtt_commands_topic: str = "commands/+"
     mqtt_last_will_topic: str = "/last-wills"
+    mqtt_batch_size: int = Field(default=256, ge=1, le=10_000)
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
@@ -91,6 +100,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[frozenset[str], NoDecode] = frozenset()
     max_message_bytes: int = Field(default=1_048_576, ge=256)
     max_decompressed_bytes: int = Field(default=4_194_304, ge=256)
+
+    database_url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///print-service.db"
+    store_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    outbox_ready_limit: int = Field(default=100_000, ge=1)
 
     print_duration: float = Field(default=2.0, ge=0)
 
@@ -128,6 +141,13 @@ class Settings(BaseSettings):
     @property
     def amqp(self) -> BrokerUrl:
         return BrokerUrl(self.amqp_url, schemes=("amqp", "amqps"))
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file of `DATABASE_URL`, or None for the in-memory store."""
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        return None
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -45,6 +45,7 @@ class PrintDispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._printing: set[str] = set()  # from just before `started` until the printer returns
         self._stop_requested: set[str] = set()
+        self._resume: set[str] = set()  # started before a restart: print again
         self._tasks: asyncio.TaskGroup | None = None
 
     @property
@@ -76,10 +77,21 @@ class PrintDispatcher:
             self._tasks.create_task(self._stop_printer(job))
 
     async def _recover(self) -> None:
+        """Pick up what the store says is unfinished, after a restart.
+
+        Waiting jobs wait again, in their order. A job that was being printed is printed
+        again from the start: the simulated printer keeps nothing across a restart, so
+        resuming is the only way to a real `finished` (no second `started` is published).
+        """
+        resumed = 0
         for job in await self._store.waiting_jobs():
             self._metrics.jobs.labels(job.status.value).inc()
-            if job.status is JobStatus.created:
-                self.enqueue(job)
+            if job.status is JobStatus.started:
+                self._resume.add(job.job_id)
+                resumed += 1
+            self.enqueue(job)
+        if self._waiting:
+            log.info("jobs_recovered", waiting=len(self._waiting), resumed=resumed)
 
     async def _stop_printer(self, job: jobs.Job) -> None:
         try:
@@ -105,7 +117,14 @@ class PrintDispatcher:
             del self._workers[queue_id]
 
     async def _print(self, printer: Printer, job_id: str) -> None:
-        job = await self._transition(job_id, jobs.start)
+        if job_id in self._resume:
+            self._resume.discard(job_id)
+            async with self._store.transaction() as tx:
+                job = await tx.get(job_id)
+            if job is None or job.status is not JobStatus.started:
+                return
+        else:
+            job = await self._transition(job_id, jobs.start)
         if job is None or job_id in self._stop_requested:
             return
         outcome = await printer.print(job)

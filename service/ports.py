@@ -22,8 +22,13 @@ __all__ = [
     "PrintOutcome",
     "Printer",
     "PrinterDirectory",
+    "StoreError",
     "StoreTransaction",
 ]
+
+
+class StoreError(Exception):
+    """The store cannot read or write. Nothing was applied; the command will come again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,22 @@ class StoreTransaction(Protocol):
 
 class JobStore(Protocol):
     """Jobs and the outbox of messages their changes produced."""
+
+    healthy: bool
+    """False after a failed write, until the next successful commit."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema; recover counters."""
+        ...
+
+    @property
+    def outbox_depth(self) -> int:
+        """Committed messages not yet marked sent."""
+        ...
+
+    async def oldest_unsent_age(self) -> float:
+        """Seconds since the oldest unsent message was committed (0 when none)."""
+        ...
 
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
         """Commits on a normal exit, discards everything on an exception."""

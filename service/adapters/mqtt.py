@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import aiomqtt
@@ -38,7 +38,7 @@ COMMAND_QOS: Final = 1
 WILL_QOS: Final = 2
 MAX_BACKOFF_S: Final = 30.0
 
-Handler = Callable[[Inbound], Awaitable[None]]
+Handler = Callable[[Sequence[Inbound]], Awaitable[None]]
 
 
 class MqttIngress:
@@ -163,15 +163,27 @@ class MqttIngress:
         self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
     ) -> None:
         will_topic = self._settings.mqtt_last_will_topic
-        async for message in client.messages:
+        batch_size = self._settings.mqtt_batch_size
+        messages = client.messages
+        async for first in messages:
             self._handling = True
             try:
-                if message.topic.matches(will_topic):
-                    self._on_will(message)
-                else:
-                    await handle(_inbound(message))
-                if message.qos > 0:
-                    client._client.ack(message.mid, message.qos)  # noqa: SLF001
+                # Take what has already arrived, up to a batch: one commit for all of it.
+                batch = [first]
+                while len(batch) < batch_size and len(messages) > 0:
+                    batch.append(await anext(messages))
+                commands = []
+                for message in batch:
+                    if message.topic.matches(will_topic):
+                        self._on_will(message)
+                    else:
+                        commands.append(_inbound(message))
+                if commands:
+                    await handle(commands)
+                # Only now, in the order received: the broker forgets what we acknowledge.
+                for message in batch:
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)  # noqa: SLF001
             finally:
                 self._handling = False
             if stopping.is_set():

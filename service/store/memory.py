@@ -1,13 +1,15 @@
-"""The in-memory job store: the embedded default until the durable store lands.
+"""The in-memory job store: `DATABASE_URL=memory://`, and the fake for unit tests.
 
 It keeps the store's contract exactly (transactions commit or discard as a whole, the
-outbox is ordered), so the service above it behaves the same with a durable store.
+outbox is ordered), so the service above it behaves as with the durable store, but a
+restart loses everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
@@ -38,8 +40,9 @@ class MemoryStore:
     """Jobs and outbox in dictionaries; one transaction at a time."""
 
     def __init__(self) -> None:
+        self.healthy = True
         self._jobs: dict[str, Job] = {}
-        self._outbox: dict[int, Outgoing] = {}
+        self._outbox: dict[int, tuple[Outgoing, float]] = {}
         self._positions = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -49,13 +52,14 @@ class MemoryStore:
             tx = _Transaction(self._jobs)
             yield tx
             self._jobs.update(tx.writes)
+            now = time.time()
             for message in tx.messages:
-                self._outbox[next(self._positions)] = message
+                self._outbox[next(self._positions)] = (message, now)
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         return [
             OutboxRecord(position, message)
-            for position, message in itertools.islice(self._outbox.items(), limit)
+            for position, (message, _) in itertools.islice(self._outbox.items(), limit)
         ]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
@@ -65,8 +69,16 @@ class MemoryStore:
     async def waiting_jobs(self) -> Sequence[Job]:
         return [job for job in self._jobs.values() if not job.is_final]
 
+    async def open(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
+
+    async def oldest_unsent_age(self) -> float:
+        for _, enqueued_at in self._outbox.values():
+            return max(0.0, time.time() - enqueued_at)
+        return 0.0
 
     @property
     def outbox_depth(self) -> int:

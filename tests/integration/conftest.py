@@ -54,7 +54,7 @@ ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
 
 
 @pytest.fixture
-def start_service(brokers: Brokers) -> ServiceFactory:
+def start_service(brokers: Brokers, tmp_path) -> ServiceFactory:
     """Start the service in-process with test settings; overrides as keyword arguments."""
 
     @contextlib.asynccontextmanager
@@ -68,6 +68,8 @@ def start_service(brokers: Brokers) -> ServiceFactory:
             "http_port": 0,
             "print_duration": 0.2,
             "shutdown_timeout": 5.0,
+            "database_url": f"sqlite:///{tmp_path}/jobs.db",
+            "store_synchronous": "NORMAL",
         }
         values.update(overrides)
         service = Service(Settings(**values), registry=CollectorRegistry())

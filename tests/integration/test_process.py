@@ -50,6 +50,7 @@ class ServiceProcess:
             "HTTP_PORT": str(self.port),
             "LOG_FORMAT": "json",
             "PRINT_DURATION": "0.2",
+            "DATABASE_URL": f"sqlite:///{log_dir}/jobs.db",
             **env,
         }
         self.log_path = log_dir / f"{self.client_id}.log"
@@ -143,7 +144,7 @@ async def test_http_endpoints(service_process: ServiceProcess):
     assert status == 200
     assert json.loads(body) == {
         "ready": True,
-        "checks": {"mqtt": True, "amqp": True, "accepting": True},
+        "checks": {"mqtt": True, "amqp": True, "store": True, "outbox": True, "accepting": True},
     }
     status, body = service_process.get("/metrics")
     text = body.decode()

@@ -1,0 +1,406 @@
+"""The durable embedded store: SQLite in WAL mode, with group commit.
+
+A transaction buffers its writes; on exit they are applied to the open database transaction
+inside a savepoint, and the transaction then waits for the next commit. One committer task
+commits whatever has been applied since the last commit, in a worker thread (an fsync must
+not stall the event loop), and wakes every waiter at once: under load, many commands share
+one fsync, and each still returns only once its own effect is durable.
+
+The relay only sees outbox rows that are committed (`position <= committed`), so no message
+is ever published for a change that could still be rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from service.core.events import Kind, Outgoing
+from service.core.jobs import Job
+from service.models import JobStatus, Priority
+from service.ports import OutboxRecord, StoreError
+
+__all__ = ["SqliteStore"]
+
+Row = tuple[Any, ...]
+
+log = structlog.get_logger(__name__)
+
+# Versioned schema: each entry is applied once, in order, and recorded in schema_migrations.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        queue_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        priority TEXT NOT NULL,
+        user_id TEXT,
+        document_name TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started');
+    CREATE TABLE job_history (
+        job_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (job_id, sequence)
+    );
+    CREATE TABLE outbox (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        order_key TEXT NOT NULL,
+        body BLOB NOT NULL,
+        correlation_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        received_at REAL,
+        enqueued_at REAL NOT NULL
+    );
+    """,
+)
+
+_JOB_COLUMNS: Final = (
+    "job_id, queue_id, status, sequence, priority, user_id, document_name, "
+    "created_at, updated_at, correlation_id, reason"
+)
+_OUTBOX_COLUMNS: Final = (
+    "position, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at"
+)
+
+
+class _Transaction:
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.jobs: dict[str, Job] = {}
+        self.messages: list[Outgoing] = []
+        self.sent: list[int] = []
+
+    async def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id) or await self._store.get(job_id)
+
+    def put(self, job: Job) -> None:
+        self.jobs[job.job_id] = job
+
+    def emit(self, message: Outgoing) -> None:
+        self.messages.append(message)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._in_transaction = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._applied_position = 0
+        self._committed_position = 0
+        self._depth_applied = 0
+        self._depth = 0
+        self._dirty = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self.healthy = True
+        self.commits = 0
+
+    async def open(self) -> None:
+        """Open (creating if needed), apply pending migrations, start the committer."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = conn
+        self._migrate(conn)
+        self._committed_position = self._applied_position = conn.execute(
+            "SELECT COALESCE(MAX(position), 0) FROM outbox"
+        ).fetchone()[0]
+        self._depth = self._depth_applied = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[
+            0
+        ]
+        self._committer = asyncio.create_task(self._commit_loop(), name="store-committer")
+        log.info("store_opened", path=str(self._path), outbox_depth=self._depth)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("store_migrated", version=version)
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        if self._conn is not None:
+            async with self._lock:
+                # What was applied but not yet committed is committed now, not lost.
+                waiters, self._waiters = self._waiters, []
+                if self._in_transaction:
+                    self._conn.execute("COMMIT")
+                    self._in_transaction = False
+                    self._committed_position = self._applied_position
+                    self._depth = self._depth_applied
+                _resolve(waiters, None)
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is not open")
+        return self._conn
+
+    @property
+    def outbox_depth(self) -> int:
+        return self._depth
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        tx = _Transaction(self)
+        yield tx
+        if tx.jobs or tx.messages or tx.sent:
+            await self._apply_and_commit(tx)
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._lock:
+            row = self._read(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?",  # noqa: S608 - constant columns
+                (job_id,),
+            )
+        return _job(row[0]) if row else None
+
+    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+        async with self._lock:
+            rows = self._read(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE position <= ? "  # noqa: S608
+                "ORDER BY position LIMIT ?",
+                (self._committed_position, limit),
+            )
+        return [OutboxRecord(row[0], _outgoing(row)) for row in rows]
+
+    async def mark_sent(self, positions: Iterable[int]) -> None:
+        async with self.transaction() as tx:
+            tx.sent.extend(positions)
+
+    async def waiting_jobs(self) -> Sequence[Job]:
+        async with self._lock:
+            rows = self._read(
+                f"SELECT {_JOB_COLUMNS} FROM jobs "  # noqa: S608
+                "WHERE status IN ('created', 'started') ORDER BY created_at",
+                (),
+            )
+        return [_job(row) for row in rows]
+
+    async def oldest_unsent_age(self) -> float:
+        async with self._lock:
+            row = self._read(
+                "SELECT MIN(enqueued_at) FROM outbox WHERE position <= ?",
+                (self._committed_position,),
+            )
+        oldest = row[0][0] if row else None
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def _read(self, sql: str, params: Row) -> list[Row]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+
+    async def _apply_and_commit(self, tx: _Transaction) -> None:
+        async with self._lock:
+            self._apply(tx)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            self._dirty.set()
+        await waiter
+
+    def _apply(self, tx: _Transaction) -> None:
+        conn = self.conn
+        try:
+            if not self._in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+                self._in_transaction = True
+            conn.execute("SAVEPOINT tx")
+        except sqlite3.Error as exc:
+            self.healthy = False
+            raise StoreError(f"store cannot begin a write: {exc}") from exc
+        try:
+            now = time.time()
+            for job in tx.jobs.values():
+                conn.execute(
+                    f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _job_row(job),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO job_history VALUES (?, ?, ?, ?, ?)",
+                    (
+                        job.job_id,
+                        job.sequence,
+                        job.status.value,
+                        job.updated_at.isoformat(),
+                        job.reason,
+                    ),
+                )
+            position = self._applied_position
+            for message in tx.messages:
+                cursor = conn.execute(
+                    "INSERT INTO outbox (message_id, kind, routing_key, order_key, body, "
+                    "correlation_id, label, received_at, enqueued_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message.message_id,
+                        message.kind.value,
+                        message.routing_key,
+                        message.order_key,
+                        message.body,
+                        message.correlation_id,
+                        message.label,
+                        message.received_at,
+                        now,
+                    ),
+                )
+                position = max(position, cursor.lastrowid or 0)
+            if tx.sent:
+                conn.executemany("DELETE FROM outbox WHERE position = ?", [(p,) for p in tx.sent])
+            conn.execute("RELEASE tx")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO tx")
+            conn.execute("RELEASE tx")
+            self.healthy = False
+            raise StoreError(f"store write failed: {exc}") from exc
+        self._applied_position = position
+        self._depth_applied += len(tx.messages) - len(tx.sent)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            async with self._lock:
+                self._dirty.clear()
+                waiters, self._waiters = self._waiters, []
+                if not self._in_transaction:
+                    _resolve(waiters, None)
+                    continue
+                try:
+                    await asyncio.to_thread(self.conn.execute, "COMMIT")
+                except sqlite3.Error as exc:
+                    error = StoreError(f"store commit failed: {exc}")
+                    self._rollback()
+                    self.healthy = False
+                    log.exception("store_commit_failed", waiting=len(waiters))
+                    _resolve(waiters, error)
+                    continue
+                finally:
+                    self._in_transaction = False
+                self.commits += 1
+                self.healthy = True
+                self._committed_position = self._applied_position
+                self._depth = self._depth_applied
+                _resolve(waiters, None)
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL does).
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+        self._applied_position = self._committed_position
+        self._depth_applied = self._depth
+
+
+def _resolve(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+
+def _job_row(job: Job) -> Row:
+    return (
+        job.job_id,
+        job.queue_id,
+        job.status.value,
+        job.sequence,
+        job.priority.value,
+        job.user_id,
+        job.document_name,
+        job.created_at.isoformat(),
+        job.updated_at.isoformat(),
+        job.correlation_id,
+        job.reason,
+    )
+
+
+def _job(row: Row) -> Job:
+    (
+        job_id,
+        queue_id,
+        status,
+        sequence,
+        priority,
+        user_id,
+        document_name,
+        created_at,
+        updated_at,
+        correlation_id,
+        reason,
+    ) = row
+    return Job(
+        job_id=str(job_id),
+        queue_id=str(queue_id),
+        status=JobStatus(status),
+        sequence=int(str(sequence)),
+        priority=Priority(priority),
+        user_id=None if user_id is None else str(user_id),
+        document_name=None if document_name is None else str(document_name),
+        created_at=datetime.fromisoformat(str(created_at)),
+        updated_at=datetime.fromisoformat(str(updated_at)),
+        correlation_id=str(correlation_id),
+        reason=None if reason is None else str(reason),
+    )
+
+
+def _outgoing(row: Row) -> Outgoing:
+    _, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at = row
+    return Outgoing(
+        message_id=message_id,
+        kind=Kind(kind),
+        routing_key=routing_key,
+        order_key=order_key,
+        body=bytes(body),
+        correlation_id=correlation_id,
+        label=label,
+        received_at=received_at,
+    )
