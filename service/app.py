@@ -49,7 +49,13 @@ class Service:
         self.stopping = asyncio.Event()
         path = settings.sqlite_path
         self.store: JobStore = (
-            SqliteStore(path, synchronous=settings.store_synchronous) if path else MemoryStore()
+            SqliteStore(
+                path,
+                synchronous=settings.store_synchronous,
+                commit_delay=settings.store_commit_delay,
+            )
+            if path
+            else MemoryStore()
         )
         self.publisher = AmqpPublisher(
             url=settings.amqp,
@@ -64,11 +70,11 @@ class Service:
             metrics=self.metrics,
             concurrency=settings.publish_concurrency,
         )
+        self.store.on_commit(self.relay.wake)
         self.dispatcher = PrintDispatcher(
             store=self.store,
             printers=SimulatedPrinters(duration=settings.print_duration),
             metrics=self.metrics,
-            on_commit=self.relay.wake,
         )
         self.handler = CommandHandler(
             decoder=CommandDecoder(
@@ -80,7 +86,6 @@ class Service:
             store=self.store,
             dispatcher=self.dispatcher,
             metrics=self.metrics,
-            on_commit=self.relay.wake,
         )
         self.ingress = MqttIngress(settings=settings, metrics=self.metrics)
         self.http = HealthServer(

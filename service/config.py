@@ -103,6 +103,7 @@ class Settings(BaseSettings):
 
     database_url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///print-service.db"
     store_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    store_commit_delay: float = Field(default=0.002, ge=0, le=1)
     outbox_ready_limit: int = Field(default=100_000, ge=1)
 
     print_duration: float = Field(default=2.0, ge=0)

@@ -19,7 +19,7 @@ from service.core.events import job_event
 from service.core.scheduler import WaitingJobs
 from service.metrics import Metrics
 from service.models import JobStatus
-from service.ports import JobStore, Printer, PrinterDirectory, PrintOutcome
+from service.ports import JobStore, Printer, PrinterDirectory, PrintOutcome, StoreError
 
 __all__ = ["PrintDispatcher"]
 
@@ -35,12 +35,10 @@ class PrintDispatcher:
         store: JobStore,
         printers: PrinterDirectory,
         metrics: Metrics,
-        on_commit: Callable[[], None],
     ) -> None:
         self._store = store
         self._printers = printers
         self._metrics = metrics
-        self._on_commit = on_commit
         self._waiting = WaitingJobs()
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._printing: set[str] = set()  # from just before `started` until the printer returns
@@ -93,6 +91,28 @@ class PrintDispatcher:
         if self._waiting:
             log.info("jobs_recovered", waiting=len(self._waiting), resumed=resumed)
 
+    def _check_commit(self, durable: asyncio.Future[None], job_id: str) -> None:
+        if durable.cancelled() or durable.exception() is None:
+            return
+        log.error("transition_not_committed", job_id=job_id, error=str(durable.exception()))
+        if self._tasks is not None:
+            self._tasks.create_task(self._reload(job_id))
+
+    async def _reload(self, job_id: str) -> None:
+        """Put a job whose change was lost back where the store says it is."""
+        while True:
+            try:
+                async with self._store.transaction() as tx:
+                    job = await tx.get(job_id)
+                break
+            except StoreError:
+                await asyncio.sleep(1.0)
+        if job is None or job.is_final:
+            return
+        if job.status is JobStatus.started:
+            self._resume.add(job_id)
+        self.enqueue(job)
+
     async def _stop_printer(self, job: jobs.Job) -> None:
         try:
             await self._printers.printer_for(job.queue_id).cancel(job.job_id)
@@ -104,6 +124,9 @@ class PrintDispatcher:
         try:
             while (job_id := self._waiting.pop(queue_id)) is not None:
                 self._printing.add(job_id)
+                # An instant printer never suspends: yield, so that a long queue does not
+                # starve the other loops.
+                await asyncio.sleep(0)
                 try:
                     await self._print(printer, job_id)
                 except Exception:
@@ -132,7 +155,9 @@ class PrintDispatcher:
             await self._transition(job_id, jobs.finish)
 
     async def _transition(self, job_id: str, change: Transition) -> jobs.Job | None:
-        async with self._store.transaction() as tx:
+        # Not waiting for the commit lets one fsync cover many printers' progress. Nothing
+        # is published before the commit; if it fails, the job is reloaded from the store.
+        async with self._store.transaction(wait=False) as tx:
             job = await tx.get(job_id)
             if job is None:
                 return None
@@ -149,9 +174,9 @@ class PrintDispatcher:
                     received_at=None,
                 )
             )
+        tx.durable.add_done_callback(lambda done: self._check_commit(done, job_id))
         self._metrics.jobs.labels(job.status.value).dec()
         self._metrics.jobs.labels(result.status.value).inc()
-        self._on_commit()
         with structlog.contextvars.bound_contextvars(
             correlation_id=job.correlation_id, job_id=job_id, queue_id=job.queue_id
         ):

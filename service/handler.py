@@ -49,13 +49,11 @@ class CommandHandler:
         store: JobStore,
         dispatcher: PrintDispatcher,
         metrics: Metrics,
-        on_commit: Callable[[], None],
     ) -> None:
         self._decoder = decoder
         self._store = store
         self._dispatcher = dispatcher
         self._metrics = metrics
-        self._on_commit = on_commit
 
     async def handle(self, inbounds: Sequence[Inbound]) -> None:
         """Apply a batch of commands in one transaction; returns once it is committed.
@@ -108,7 +106,6 @@ class CommandHandler:
                     )
         for effect in after_commit:
             effect()
-        self._on_commit()
 
     async def _apply_one(self, step: _Step) -> str:
         message = step.command.message

@@ -6,7 +6,8 @@ Each has a production adapter beside it (`service.store`, `service.printers`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -42,6 +43,9 @@ class OutboxRecord:
 class StoreTransaction(Protocol):
     """Reads and writes that commit together, or not at all."""
 
+    durable: asyncio.Future[None]
+    """Resolved once the commit is durable; holds the StoreError if it failed."""
+
     async def get(self, job_id: str) -> Job | None: ...
 
     def put(self, job: Job) -> None: ...
@@ -59,6 +63,10 @@ class JobStore(Protocol):
         """Create or migrate the schema; recover counters."""
         ...
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every commit (the relay wakes on it)."""
+        ...
+
     @property
     def outbox_depth(self) -> int:
         """Committed messages not yet marked sent."""
@@ -68,8 +76,14 @@ class JobStore(Protocol):
         """Seconds since the oldest unsent message was committed (0 when none)."""
         ...
 
-    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
-        """Commits on a normal exit, discards everything on an exception."""
+    def transaction(self, *, wait: bool = True) -> AbstractAsyncContextManager[StoreTransaction]:
+        """Commits on a normal exit, discards everything on an exception.
+
+        With `wait` (the default) the exit returns once the commit is durable; without it,
+        once the writes are applied (later transactions see them), and the transaction's
+        `durable` future tells how the commit went. Acknowledging a command needs the first;
+        a printer's progress only the second.
+        """
         ...
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from service.core.events import Outgoing
@@ -25,6 +25,7 @@ class _Transaction:
         self._jobs = jobs
         self.writes: dict[str, Job] = {}
         self.messages: list[Outgoing] = []
+        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def get(self, job_id: str) -> Job | None:
         return self.writes.get(job_id) or self._jobs.get(job_id)
@@ -41,13 +42,15 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.healthy = True
+        self._listeners: list[Callable[[], None]] = []
         self._jobs: dict[str, Job] = {}
         self._outbox: dict[int, tuple[Outgoing, float]] = {}
         self._positions = itertools.count(1)
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
+    async def transaction(self, *, wait: bool = True) -> AsyncIterator[_Transaction]:
+        del wait  # a memory commit is as durable as it gets at once
         async with self._lock:
             tx = _Transaction(self._jobs)
             yield tx
@@ -55,6 +58,12 @@ class MemoryStore:
             now = time.time()
             for message in tx.messages:
                 self._outbox[next(self._positions)] = (message, now)
+            tx.durable.set_result(None)
+        for listener in self._listeners:
+            listener()
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         return [

@@ -2,9 +2,10 @@
 
 A transaction buffers its writes; on exit they are applied to the open database transaction
 inside a savepoint, and the transaction then waits for the next commit. One committer task
-commits whatever has been applied since the last commit, in a worker thread (an fsync must
-not stall the event loop), and wakes every waiter at once: under load, many commands share
-one fsync, and each still returns only once its own effect is durable.
+commits whatever has been applied since the last commit (after a pause of `commit_delay`
+that lets concurrent work join it), in a worker thread (an fsync must not stall the event
+loop), and wakes every waiter at once: under load, many commands share one fsync, and each
+still returns only once its own effect is durable.
 
 The relay only sees outbox rows that are committed (`position <= committed`), so no message
 is ever published for a change that could still be rolled back.
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +91,7 @@ class _Transaction:
         self.jobs: dict[str, Job] = {}
         self.messages: list[Outgoing] = []
         self.sent: list[int] = []
+        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id) or await self._store.get(job_id)
@@ -102,9 +104,12 @@ class _Transaction:
 
 
 class SqliteStore:
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", commit_delay: float = 0.002
+    ) -> None:
         self._path = path
         self._synchronous = synchronous
+        self._commit_delay = commit_delay
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._in_transaction = False
@@ -117,6 +122,10 @@ class SqliteStore:
         self._committer: asyncio.Task[None] | None = None
         self.healthy = True
         self.commits = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
 
     async def open(self) -> None:
         """Open (creating if needed), apply pending migrations, start the committer."""
@@ -186,11 +195,18 @@ class SqliteStore:
         return self._depth
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
+    async def transaction(self, *, wait: bool = True) -> AsyncIterator[_Transaction]:
         tx = _Transaction(self)
         yield tx
-        if tx.jobs or tx.messages or tx.sent:
-            await self._apply_and_commit(tx)
+        if not (tx.jobs or tx.messages or tx.sent):
+            tx.durable.set_result(None)
+            return
+        async with self._lock:
+            self._apply(tx)
+            self._waiters.append(tx.durable)
+            self._dirty.set()
+        if wait:
+            await tx.durable
 
     async def get(self, job_id: str) -> Job | None:
         async with self._lock:
@@ -210,7 +226,9 @@ class SqliteStore:
         return [OutboxRecord(row[0], _outgoing(row)) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
-        async with self.transaction() as tx:
+        # Not waited for: if this commit fails, the messages are published again, with the
+        # same message ids, which consumers already deduplicate.
+        async with self.transaction(wait=False) as tx:
             tx.sent.extend(positions)
 
     async def waiting_jobs(self) -> Sequence[Job]:
@@ -236,14 +254,6 @@ class SqliteStore:
             return self.conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {exc}") from exc
-
-    async def _apply_and_commit(self, tx: _Transaction) -> None:
-        async with self._lock:
-            self._apply(tx)
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            self._dirty.set()
-        await waiter
 
     def _apply(self, tx: _Transaction) -> None:
         conn = self.conn
@@ -306,6 +316,10 @@ class SqliteStore:
     async def _commit_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            # SQLite has one writer, and a commit holds it through the fsync: nothing can be
+            # applied meanwhile. A short pause before committing lets the work of this
+            # moment join the commit, so one fsync serves many changes.
+            await asyncio.sleep(self._commit_delay)
             async with self._lock:
                 self._dirty.clear()
                 waiters, self._waiters = self._waiters, []
@@ -328,6 +342,8 @@ class SqliteStore:
                 self._committed_position = self._applied_position
                 self._depth = self._depth_applied
                 _resolve(waiters, None)
+                for listener in self._listeners:
+                    listener()
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already (SQLITE_FULL does).

@@ -8,7 +8,7 @@ import contextlib
 import gzip
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,22 +23,7 @@ from prometheus_client import CollectorRegistry
 from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE
 from service.app import Service
 from service.config import BrokerUrl, Settings
-from tests.integration.brokers import BrokerUnavailableError, amqp_broker, mqtt_broker
-
-
-@dataclass(frozen=True)
-class Brokers:
-    mqtt_url: str
-    amqp_url: str
-
-
-@pytest.fixture(scope="session")
-def brokers() -> Iterator[Brokers]:
-    try:
-        with mqtt_broker() as mqtt_url, amqp_broker() as amqp_url:
-            yield Brokers(mqtt_url=mqtt_url, amqp_url=amqp_url)
-    except BrokerUnavailableError as exc:
-        pytest.fail(f"integration tests need real brokers: {exc}", pytrace=False)
+from tests.conftest import Brokers
 
 
 def unique(prefix: str) -> str:

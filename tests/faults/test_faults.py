@@ -1,0 +1,204 @@
+"""Fault tests that count: bursts, a SIGKILL, a broker outage, a store that refuses writes.
+
+Each prints its figures (sent, jobs, events, lost, duplicated) so the run shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service.config import BrokerUrl
+from tests.conftest import Brokers
+from tests.faults.tools import (
+    ServiceProcess,
+    TcpProxy,
+    count_events,
+    jobs_in_store,
+    publish_burst,
+    service_env,
+    wait_for,
+)
+from tests.integration.conftest import ServiceFactory, unique
+
+pytestmark = pytest.mark.brokers
+
+
+def report(name: str, **figures: object) -> None:
+    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
+    start_service: ServiceFactory, brokers: Brokers, tmp_path: Path
+):
+    queue_id = unique("burst")
+    job_ids = [f"b-{i}-{uuid.uuid4().hex[:8]}" for i in range(10_000)]
+    async with (
+        start_service(print_duration=0, store_synchronous="FULL") as service,
+        count_events(brokers.amqp_url, queue_id) as events,
+    ):
+        started = time.monotonic()
+        sent = await publish_burst(brokers.mqtt_url, queue_id, job_ids)
+        await wait_for(
+            lambda: events.jobs_with("finished") >= len(job_ids), timeout=240, what="all jobs"
+        )
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.5)  # anything extra would show now
+    stored = jobs_in_store(tmp_path / "jobs.db", queue_id)
+    lost = len(set(job_ids) - set(events.by_status["created"]))
+    report(
+        "burst",
+        sent=sent,
+        jobs=len(stored),
+        created_events=events.jobs_with("created"),
+        finished_events=events.jobs_with("finished"),
+        lost=lost,
+        duplicated=events.duplicated("created"),
+        seconds=round(elapsed, 1),
+        jobs_per_s=round(len(job_ids) / elapsed),
+        commits=service.store.commits if hasattr(service.store, "commits") else "n/a",
+    )
+    assert sent == len(job_ids)
+    assert len(stored) == len(job_ids)
+    assert set(stored.values()) == {1}
+    assert events.jobs_with("created") == len(job_ids)
+    assert lost == 0
+    assert events.distinct_events_for_one_change() == 0
+    assert events.duplicated("created") == 0
+
+
+async def test_sigkill_mid_burst_loses_nothing_and_creates_nothing_twice(
+    brokers: Brokers, tmp_path: Path
+):
+    queue_id = unique("kill")
+    job_ids = [f"k-{i}-{uuid.uuid4().hex[:8]}" for i in range(5_000)]
+    db = tmp_path / "jobs.db"
+    env = service_env(
+        mqtt_url=brokers.mqtt_url, amqp_url=brokers.amqp_url, db=db, client_id=unique("kill")
+    )
+    service = ServiceProcess(env=env, log=tmp_path / "service.log")
+    service.start()
+    try:
+        async with count_events(brokers.amqp_url, queue_id) as events:
+            burst = asyncio.create_task(publish_burst(brokers.mqtt_url, queue_id, job_ids))
+            await wait_for(lambda: events.jobs_with("created") >= 1000, timeout=60, what="1000")
+            service.kill()
+            killed_at = events.jobs_with("created")
+            sent = await burst  # the broker keeps taking commands while the service is dead
+            service.start()
+            await wait_for(
+                lambda: events.jobs_with("finished") >= len(job_ids), timeout=240, what="all"
+            )
+            await asyncio.sleep(1.0)
+            assert service.terminate() == 0
+    finally:
+        service.kill()
+    stored = jobs_in_store(db, queue_id)
+    lost = len(set(job_ids) - set(stored))
+    report(
+        "sigkill",
+        sent=sent,
+        created_before_kill=killed_at,
+        jobs=len(stored),
+        created_events=events.jobs_with("created"),
+        finished_events=events.jobs_with("finished"),
+        lost=lost,
+        redelivered_created=events.duplicated("created"),
+        created_twice=events.distinct_events_for_one_change(),
+    )
+    assert sent == len(job_ids)
+    assert lost == 0
+    assert len(stored) == len(job_ids)
+    assert set(stored.values()) == {1}, "every job has exactly one `created` in its history"
+    assert events.jobs_with("created") == len(job_ids)
+    # A redelivered event keeps its event id: the same change is never announced twice.
+    assert events.distinct_events_for_one_change() == 0
+
+
+async def test_rabbitmq_outage_the_outbox_grows_and_drains(
+    start_service: ServiceFactory, brokers: Brokers
+):
+    amqp = BrokerUrl(brokers.amqp_url, schemes=("amqp", "amqps"))
+    proxy = TcpProxy(amqp.port)
+    await proxy.start()
+    via_proxy = f"amqp://{amqp.username}:{amqp.password}@127.0.0.1:{proxy.port}/"
+    queue_id = unique("outage")
+    first = [f"o1-{i}-{uuid.uuid4().hex[:6]}" for i in range(500)]
+    during = [f"o2-{i}-{uuid.uuid4().hex[:6]}" for i in range(2000)]
+    async with (
+        start_service(amqp_url=via_proxy, print_duration=0) as service,
+        count_events(brokers.amqp_url, queue_id) as events,
+    ):
+        await publish_burst(brokers.mqtt_url, queue_id, first)
+        await wait_for(lambda: events.jobs_with("finished") == 500, timeout=60, what="first")
+        await proxy.cut()
+        await wait_for(lambda: not service.publisher.connected, timeout=10, what="amqp down")
+        await publish_burst(brokers.mqtt_url, queue_id, during)
+        # Commands are still taken while RabbitMQ is away; their events wait in the outbox.
+        await wait_for(
+            lambda: service.store.outbox_depth >= 3 * len(during),
+            timeout=60,
+            what="outbox to hold the events",
+        )
+        backlog = service.store.outbox_depth
+        assert service.readiness()["amqp"] is False
+        await proxy.start()
+        await wait_for(
+            lambda: events.jobs_with("finished") == len(first) + len(during),
+            timeout=120,
+            what="the backlog to drain",
+        )
+        await wait_for(lambda: service.store.outbox_depth == 0, timeout=30, what="empty outbox")
+    lost = len(set(first + during) - set(events.by_status["finished"]))
+    report(
+        "rabbitmq-outage",
+        sent=len(first) + len(during),
+        backlog_during_outage=backlog,
+        created_events=events.jobs_with("created"),
+        finished_events=events.jobs_with("finished"),
+        lost=lost,
+        redelivered=events.duplicated("created") + events.duplicated("finished"),
+        true_duplicates=events.distinct_events_for_one_change(),
+    )
+    assert lost == 0
+    assert events.distinct_events_for_one_change() == 0
+    await proxy.cut()
+
+
+async def test_store_refusing_writes_stops_acknowledging_then_recovers(
+    start_service: ServiceFactory, brokers: Brokers, tmp_path: Path
+):
+    queue_id = unique("locked")
+    job_ids = [unique("locked-job") for _ in range(20)]
+    async with (
+        start_service(print_duration=0) as service,
+        count_events(brokers.amqp_url, queue_id) as events,
+    ):
+        # Another process holding the write lock: the service's writes time out.
+        blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            await publish_burst(brokers.mqtt_url, queue_id, job_ids)
+            await wait_for(lambda: not service.store.healthy, timeout=30, what="store unhealthy")
+            assert service.readiness()["store"] is False
+            assert events.jobs_with("created") == 0
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_for(
+            lambda: events.jobs_with("created") == len(job_ids), timeout=90, what="recovery"
+        )
+        assert service.store.healthy
+    report(
+        "store-locked",
+        sent=len(job_ids),
+        created_events=events.jobs_with("created"),
+        lost=len(set(job_ids) - set(events.by_status["created"])),
+        true_duplicates=events.distinct_events_for_one_change(),
+    )
+    assert events.distinct_events_for_one_change() == 0
