@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from service.app import Service
-from tests.integration.conftest import Brokers, unique
+from tests.conftest import Brokers
+from tests.integration.conftest import unique
 
 pytestmark = pytest.mark.brokers
 

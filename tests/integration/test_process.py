@@ -20,9 +20,9 @@ import pytest
 
 from service.app import Service
 from service.config import BrokerUrl
+from tests.conftest import Brokers
 from tests.integration.brokers import free_port
 from tests.integration.conftest import (
-    Brokers,
     Listener,
     Publisher,
     counter,
