@@ -71,6 +71,8 @@ class Service:
             concurrency=settings.publish_concurrency,
         )
         self.store.on_commit(self.relay.wake)
+        self.store.on_commit(self.metrics.commits.inc)
+        self.metrics.outbox_depth.set_function(lambda: self.store.outbox_depth)
         self.dispatcher = PrintDispatcher(
             store=self.store,
             printers=SimulatedPrinters(duration=settings.print_duration),
@@ -98,7 +100,6 @@ class Service:
 
     def readiness(self) -> Mapping[str, bool]:
         depth = self.store.outbox_depth
-        self.metrics.outbox_depth.set(depth)
         return {
             "mqtt": self.ingress.connected,
             "amqp": self.publisher.connected,

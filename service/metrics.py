@@ -53,6 +53,21 @@ class Metrics:
             "Messages waiting for the AMQP broker's confirm.",
             registry=registry,
         )
+        self.outbox_oldest_age = Gauge(
+            "print_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest message waiting for the AMQP broker's confirm (0 when none).",
+            registry=registry,
+        )
+        self.commits = Counter(
+            "print_store_commits_total",
+            "Store commits (each may carry many changes: group commit).",
+            registry=registry,
+        )
+        self.redeliveries = Counter(
+            "print_outbox_redeliveries_total",
+            "Messages published again after a failed attempt, with the same message id.",
+            registry=registry,
+        )
         self.publish_failures = Counter(
             "print_publish_failures_total",
             "Publishes that failed and will be retried.",

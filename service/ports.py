@@ -38,6 +38,7 @@ class OutboxRecord:
 
     position: int
     message: Outgoing
+    enqueued_at: float
 
 
 class StoreTransaction(Protocol):
@@ -70,10 +71,6 @@ class JobStore(Protocol):
     @property
     def outbox_depth(self) -> int:
         """Committed messages not yet marked sent."""
-        ...
-
-    async def oldest_unsent_age(self) -> float:
-        """Seconds since the oldest unsent message was committed (0 when none)."""
         ...
 
     def transaction(self, *, wait: bool = True) -> AbstractAsyncContextManager[StoreTransaction]:

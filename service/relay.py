@@ -45,6 +45,13 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._last_error: Exception | None = None
+        self._failed: set[str] = set()  # message ids whose publish failed at least once
+        self._oldest_unsent: float | None = None
+        metrics.outbox_oldest_age.set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        oldest = self._oldest_unsent
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     def wake(self) -> None:
         """Something was committed to the outbox."""
@@ -62,6 +69,7 @@ class OutboxRelay:
                 return
             self._wakeup.clear()
             records = await self._store.unsent(self._batch_size)
+            self._oldest_unsent = records[0].enqueued_at if records else None
             if not records:
                 self._idle.set()
                 if stopping.is_set():
@@ -104,9 +112,17 @@ class OutboxRelay:
                     await self._publisher.publish(message)
             except Exception as exc:  # noqa: BLE001 - every failure is retried, and logged per batch
                 self._last_error = exc
+                self._failed.add(message.message_id)
                 return
             sent.append(record.position)
+            if self._failed:
+                self._count_redelivery(message.message_id)
             self._observe(record)
+
+    def _count_redelivery(self, message_id: str) -> None:
+        if message_id in self._failed:
+            self._failed.discard(message_id)
+            self._metrics.redeliveries.inc()
 
     def _observe(self, record: OutboxRecord) -> None:
         message = record.message

@@ -67,8 +67,8 @@ class MemoryStore:
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         return [
-            OutboxRecord(position, message)
-            for position, (message, _) in itertools.islice(self._outbox.items(), limit)
+            OutboxRecord(position, message, enqueued_at)
+            for position, (message, enqueued_at) in itertools.islice(self._outbox.items(), limit)
         ]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
@@ -83,11 +83,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
-
-    async def oldest_unsent_age(self) -> float:
-        for _, enqueued_at in self._outbox.values():
-            return max(0.0, time.time() - enqueued_at)
-        return 0.0
 
     @property
     def outbox_depth(self) -> int:

@@ -81,7 +81,8 @@ _JOB_COLUMNS: Final = (
     "created_at, updated_at, correlation_id, reason"
 )
 _OUTBOX_COLUMNS: Final = (
-    "position, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at"
+    "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
+    "received_at, enqueued_at"
 )
 
 
@@ -223,7 +224,7 @@ class SqliteStore:
                 "ORDER BY position LIMIT ?",
                 (self._committed_position, limit),
             )
-        return [OutboxRecord(row[0], _outgoing(row)) for row in rows]
+        return [OutboxRecord(row[0], _outgoing(row), row[-1]) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # Not waited for: if this commit fails, the messages are published again, with the
@@ -239,15 +240,6 @@ class SqliteStore:
                 (),
             )
         return [_job(row) for row in rows]
-
-    async def oldest_unsent_age(self) -> float:
-        async with self._lock:
-            row = self._read(
-                "SELECT MIN(enqueued_at) FROM outbox WHERE position <= ?",
-                (self._committed_position,),
-            )
-        oldest = row[0][0] if row else None
-        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     def _read(self, sql: str, params: Row) -> list[Row]:
         try:
@@ -409,7 +401,7 @@ def _job(row: Row) -> Job:
 
 
 def _outgoing(row: Row) -> Outgoing:
-    _, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at = row
+    _, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at, _ = row
     return Outgoing(
         message_id=message_id,
         kind=Kind(kind),

@@ -61,7 +61,7 @@ async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
         duplicated=events.duplicated("created"),
         seconds=round(elapsed, 1),
         jobs_per_s=round(len(job_ids) / elapsed),
-        commits=service.store.commits if hasattr(service.store, "commits") else "n/a",
+        commits=int(service.metrics.commits._value.get()),
     )
     assert sent == len(job_ids)
     assert len(stored) == len(job_ids)
@@ -147,6 +147,9 @@ async def test_rabbitmq_outage_the_outbox_grows_and_drains(
         )
         backlog = service.store.outbox_depth
         assert service.readiness()["amqp"] is False
+        await asyncio.sleep(0.2)
+        assert service.metrics.outbox_oldest_age.collect()[0].samples[0].value > 0.1
+        assert service.metrics.publish_failures._value.get() > 0
         await proxy.start()
         await wait_for(
             lambda: events.jobs_with("finished") == len(first) + len(during),
@@ -154,6 +157,8 @@ async def test_rabbitmq_outage_the_outbox_grows_and_drains(
             what="the backlog to drain",
         )
         await wait_for(lambda: service.store.outbox_depth == 0, timeout=30, what="empty outbox")
+        redeliveries = int(service.metrics.redeliveries._value.get())
+        assert redeliveries > 0, "what failed during the outage was published again"
     lost = len(set(first + during) - set(events.by_status["finished"]))
     report(
         "rabbitmq-outage",
@@ -163,6 +168,7 @@ async def test_rabbitmq_outage_the_outbox_grows_and_drains(
         finished_events=events.jobs_with("finished"),
         lost=lost,
         redelivered=events.duplicated("created") + events.duplicated("finished"),
+        republished_after_failure=redeliveries,
         true_duplicates=events.distinct_events_for_one_change(),
     )
     assert lost == 0

@@ -155,6 +155,10 @@ async def test_http_endpoints(service_process: ServiceProcess):
         "print_rejections_total",
         "print_command_to_event_seconds",
         "print_jobs",
+        "print_outbox_depth 0.0",
+        "print_outbox_oldest_unsent_age_seconds 0.0",
+        "print_store_commits_total",
+        "print_outbox_redeliveries_total",
         'print_broker_connected{broker="mqtt"} 1.0',
         'print_broker_connected{broker="amqp"} 1.0',
     ):

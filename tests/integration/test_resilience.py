@@ -50,6 +50,30 @@ async def test_service_reconnects_after_a_mosquitto_restart(
             assert (await listener.next()).body["status"] == "created"
 
 
+async def test_commands_queued_for_the_service_survive_a_mosquitto_restart(
+    start_service: ServiceFactory, amqp, queue_id: str
+):
+    client_id = unique("svc-restart")
+    with private_mosquitto() as broker:
+        async with start_service(mqtt_url=broker.url, mqtt_client_id=client_id):
+            pass  # the persistent session exists on the broker; the service is gone
+        queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+        listener = Listener(amqp, queue)
+        job_ids = [unique("queued") for _ in range(20)]
+        for job_id in job_ids:
+            await listener.bind_job(job_id)
+            await Publisher(broker.url).create(queue_id, job_id)
+        broker.stop()  # Mosquitto writes its persistence file on a clean stop
+        broker.start()
+        async with start_service(mqtt_url=broker.url, mqtt_client_id=client_id):
+            created: set[str] = set()
+            while created != set(job_ids):
+                received = await listener.next()
+                if received.body["status"] == "created":
+                    created.add(received.body["jobId"])
+        print(f"\n[mosquitto-restart] queued={len(job_ids)} created={len(created)} lost=0")
+
+
 async def test_commands_published_while_the_service_is_away_are_delivered(
     start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
 ):
