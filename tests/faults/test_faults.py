@@ -148,7 +148,8 @@ async def test_rabbitmq_outage_the_outbox_grows_and_drains(
         backlog = service.store.outbox_depth
         assert service.readiness()["amqp"] is False
         await asyncio.sleep(0.2)
-        assert service.metrics.outbox_oldest_age.collect()[0].samples[0].value > 0.1
+        (oldest,) = list(service.metrics.outbox_oldest_age.collect())
+        assert oldest.samples[0].value > 0.1
         assert service.metrics.publish_failures._value.get() > 0
         await proxy.start()
         await wait_for(
