@@ -21,18 +21,26 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import structlog
 
-from service.core.events import Kind, Outgoing
+from service.core.events import Outgoing
 from service.core.jobs import Job
-from service.models import JobStatus, Priority
 from service.ports import OutboxRecord, StoreError
+from service.store.rows import (
+    JOB_COLUMNS,
+    OUTBOX_COLUMNS,
+    OUTBOX_INSERT_COLUMNS,
+    Row,
+    history_row,
+    job_from_row,
+    job_row,
+    outbox_row,
+    outgoing_from_row,
+)
 
 __all__ = ["SqliteStore"]
-
-Row = tuple[Any, ...]
 
 log = structlog.get_logger(__name__)
 
@@ -76,15 +84,6 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
 )
 
-_JOB_COLUMNS: Final = (
-    "job_id, queue_id, status, sequence, priority, user_id, document_name, "
-    "created_at, updated_at, correlation_id, reason"
-)
-_OUTBOX_COLUMNS: Final = (
-    "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
-    "received_at, enqueued_at"
-)
-
 
 class _Transaction:
     def __init__(self, store: SqliteStore) -> None:
@@ -120,6 +119,7 @@ class SqliteStore:
         self._depth_applied = 0
         self._depth = 0
         self._dirty = asyncio.Event()
+        self._closing = False
         self._committer: asyncio.Task[None] | None = None
         self.healthy = True
         self.commits = 0
@@ -170,8 +170,12 @@ class SqliteStore:
 
     async def close(self) -> None:
         if self._committer is not None:
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
+            # Not cancelled: a commit running in the worker thread must finish before the
+            # connection is touched again. The loop ends after its current round.
+            self._closing = True
+            self._dirty.set()
+            await self._committer
+            self._committer = None
         if self._conn is not None:
             async with self._lock:
                 # What was applied but not yet committed is committed now, not lost.
@@ -212,19 +216,19 @@ class SqliteStore:
     async def get(self, job_id: str) -> Job | None:
         async with self._lock:
             row = self._read(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?",  # noqa: S608 - constant columns
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?",  # noqa: S608 - constant columns
                 (job_id,),
             )
-        return _job(row[0]) if row else None
+        return job_from_row(row[0]) if row else None
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         async with self._lock:
             rows = self._read(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE position <= ? "  # noqa: S608
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE position <= ? "  # noqa: S608
                 "ORDER BY position LIMIT ?",
                 (self._committed_position, limit),
             )
-        return [OutboxRecord(row[0], _outgoing(row), row[-1]) for row in rows]
+        return [OutboxRecord(row[0], outgoing_from_row(row), row[-1]) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # Not waited for: if this commit fails, the messages are published again, with the
@@ -235,11 +239,11 @@ class SqliteStore:
     async def waiting_jobs(self) -> Sequence[Job]:
         async with self._lock:
             rows = self._read(
-                f"SELECT {_JOB_COLUMNS} FROM jobs "  # noqa: S608
+                f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
                 "WHERE status IN ('created', 'started') ORDER BY created_at",
                 (),
             )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     def _read(self, sql: str, params: Row) -> list[Row]:
         try:
@@ -261,37 +265,20 @@ class SqliteStore:
             now = time.time()
             for job in tx.jobs.values():
                 conn.execute(
-                    f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) "  # noqa: S608
+                    f"INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) "  # noqa: S608
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _job_row(job),
+                    job_row(job, _iso),
                 )
                 conn.execute(
                     "INSERT OR IGNORE INTO job_history VALUES (?, ?, ?, ?, ?)",
-                    (
-                        job.job_id,
-                        job.sequence,
-                        job.status.value,
-                        job.updated_at.isoformat(),
-                        job.reason,
-                    ),
+                    history_row(job, _iso),
                 )
             position = self._applied_position
             for message in tx.messages:
                 cursor = conn.execute(
-                    "INSERT INTO outbox (message_id, kind, routing_key, order_key, body, "
-                    "correlation_id, label, received_at, enqueued_at) "
+                    f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        message.message_id,
-                        message.kind.value,
-                        message.routing_key,
-                        message.order_key,
-                        message.body,
-                        message.correlation_id,
-                        message.label,
-                        message.received_at,
-                        now,
-                    ),
+                    outbox_row(message, now),
                 )
                 position = max(position, cursor.lastrowid or 0)
             if tx.sent:
@@ -306,7 +293,7 @@ class SqliteStore:
         self._depth_applied += len(tx.messages) - len(tx.sent)
 
     async def _commit_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._dirty.wait()
             # SQLite has one writer, and a commit holds it through the fsync: nothing can be
             # applied meanwhile. A short pause before committing lets the work of this
@@ -355,60 +342,5 @@ def _resolve(waiters: list[asyncio.Future[None]], error: Exception | None) -> No
             waiter.set_exception(error)
 
 
-def _job_row(job: Job) -> Row:
-    return (
-        job.job_id,
-        job.queue_id,
-        job.status.value,
-        job.sequence,
-        job.priority.value,
-        job.user_id,
-        job.document_name,
-        job.created_at.isoformat(),
-        job.updated_at.isoformat(),
-        job.correlation_id,
-        job.reason,
-    )
-
-
-def _job(row: Row) -> Job:
-    (
-        job_id,
-        queue_id,
-        status,
-        sequence,
-        priority,
-        user_id,
-        document_name,
-        created_at,
-        updated_at,
-        correlation_id,
-        reason,
-    ) = row
-    return Job(
-        job_id=str(job_id),
-        queue_id=str(queue_id),
-        status=JobStatus(status),
-        sequence=int(str(sequence)),
-        priority=Priority(priority),
-        user_id=None if user_id is None else str(user_id),
-        document_name=None if document_name is None else str(document_name),
-        created_at=datetime.fromisoformat(str(created_at)),
-        updated_at=datetime.fromisoformat(str(updated_at)),
-        correlation_id=str(correlation_id),
-        reason=None if reason is None else str(reason),
-    )
-
-
-def _outgoing(row: Row) -> Outgoing:
-    _, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at, _ = row
-    return Outgoing(
-        message_id=message_id,
-        kind=Kind(kind),
-        routing_key=routing_key,
-        order_key=order_key,
-        body=bytes(body),
-        correlation_id=correlation_id,
-        label=label,
-        received_at=received_at,
-    )
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()

@@ -1,0 +1,107 @@
+"""Jobs and outbox messages as table rows: the mapping both SQL stores share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from service.core.events import Kind, Outgoing
+from service.core.jobs import Job
+from service.models import JobStatus, Priority
+
+__all__ = [
+    "JOB_COLUMNS",
+    "OUTBOX_COLUMNS",
+    "Row",
+    "history_row",
+    "job_from_row",
+    "job_row",
+    "outbox_row",
+    "outgoing_from_row",
+]
+
+Row = tuple[Any, ...]
+
+JOB_COLUMNS: Final = (
+    "job_id, queue_id, status, sequence, priority, user_id, document_name, "
+    "created_at, updated_at, correlation_id, reason"
+)
+OUTBOX_COLUMNS: Final = (
+    "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
+    "received_at, enqueued_at"
+)
+# The columns an outbox insert gives (position is assigned by the database).
+OUTBOX_INSERT_COLUMNS: Final = OUTBOX_COLUMNS.removeprefix("position, ")
+
+Timestamp = Callable[[datetime], Any]
+
+
+def job_row(job: Job, timestamp: Timestamp) -> Row:
+    return (
+        job.job_id,
+        job.queue_id,
+        job.status.value,
+        job.sequence,
+        job.priority.value,
+        job.user_id,
+        job.document_name,
+        timestamp(job.created_at),
+        timestamp(job.updated_at),
+        job.correlation_id,
+        job.reason,
+    )
+
+
+def history_row(job: Job, timestamp: Timestamp) -> Row:
+    return (job.job_id, job.sequence, job.status.value, timestamp(job.updated_at), job.reason)
+
+
+def outbox_row(message: Outgoing, enqueued_at: float) -> Row:
+    return (
+        message.message_id,
+        message.kind.value,
+        message.routing_key,
+        message.order_key,
+        message.body,
+        message.correlation_id,
+        message.label,
+        message.received_at,
+        enqueued_at,
+    )
+
+
+def _datetime(value: Any) -> datetime:  # noqa: ANN401 - text (SQLite) or timestamptz (PostgreSQL)
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def job_from_row(row: Row) -> Job:
+    (job_id, queue_id, status, sequence, priority, user_id, document_name, created_at,
+     updated_at, correlation_id, reason) = row  # fmt: skip
+    return Job(
+        job_id=job_id,
+        queue_id=queue_id,
+        status=JobStatus(status),
+        sequence=sequence,
+        priority=Priority(priority),
+        user_id=user_id,
+        document_name=document_name,
+        created_at=_datetime(created_at),
+        updated_at=_datetime(updated_at),
+        correlation_id=correlation_id,
+        reason=reason,
+    )
+
+
+def outgoing_from_row(row: Row) -> Outgoing:
+    _, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at, _ = row
+    return Outgoing(
+        message_id=message_id,
+        kind=Kind(kind),
+        routing_key=routing_key,
+        order_key=order_key,
+        body=bytes(body),
+        correlation_id=correlation_id,
+        label=label,
+        received_at=received_at,
+    )
