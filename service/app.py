@@ -35,6 +35,7 @@ from service.ports import JobStore
 from service.printers.simulated import SimulatedPrinters
 from service.relay import OutboxRelay
 from service.store.memory import MemoryStore
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 
 __all__ = ["Service"]
@@ -47,16 +48,7 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
-        path = settings.sqlite_path
-        self.store: JobStore = (
-            SqliteStore(
-                path,
-                synchronous=settings.store_synchronous,
-                commit_delay=settings.store_commit_delay,
-            )
-            if path
-            else MemoryStore()
-        )
+        self.store = _store(settings)
         self.publisher = AmqpPublisher(
             url=settings.amqp,
             connection_name=settings.mqtt_client_id,
@@ -179,3 +171,17 @@ def _amqp_ssl(settings: Settings) -> ssl.SSLContext | None:
             str(settings.amqp_key_file) if settings.amqp_key_file else None,
         )
     return context
+
+
+def _store(settings: Settings) -> JobStore:
+    """The store `DATABASE_URL` names."""
+    url = settings.database_url
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    if (path := settings.sqlite_path) is not None:
+        return SqliteStore(
+            path,
+            synchronous=settings.store_synchronous,
+            commit_delay=settings.store_commit_delay,
+        )
+    return MemoryStore()

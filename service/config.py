@@ -61,10 +61,13 @@ def _amqp_url(value: str) -> str:
 
 
 def _database_url(value: str) -> str:
-    if value == "memory://" or (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
+    if value == "memory://" or value.startswith(("postgresql://", "postgres://")):
+        return value
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return value
     raise ValueError(
-        "must be sqlite:///<path> (relative) or sqlite:////<path> (absolute), or memory://"
+        "must be sqlite:///<relative path>, sqlite:////<absolute path>, "
+        "postgresql://user@host/db, or memory://"
     )
 
 

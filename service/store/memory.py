@@ -76,7 +76,8 @@ class MemoryStore:
             self._outbox.pop(position, None)
 
     async def waiting_jobs(self) -> Sequence[Job]:
-        return [job for job in self._jobs.values() if not job.is_final]
+        unfinished = (job for job in self._jobs.values() if not job.is_final)
+        return sorted(unfinished, key=lambda job: job.created_at)
 
     async def open(self) -> None:
         return None

@@ -6,11 +6,13 @@ Each prints its figures (sent, jobs, events, lost, duplicated) so the run shows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from service.config import BrokerUrl
@@ -19,7 +21,6 @@ from tests.faults.tools import (
     ServiceProcess,
     TcpProxy,
     count_events,
-    jobs_in_store,
     publish_burst,
     service_env,
     wait_for,
@@ -33,13 +34,34 @@ def report(name: str, **figures: object) -> None:
     print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """DATABASE_URL for each durable store."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def jobs_stored(database: str, queue_id: str) -> dict[str, int]:
+    """job id -> number of `created` rows in its history, read from the store itself."""
+    query = (
+        "SELECT j.job_id, (SELECT COUNT(*) FROM job_history h "
+        "WHERE h.job_id = j.job_id AND h.status = 'created') FROM jobs j WHERE j.queue_id = {}"
+    )
+    if database.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(database.removeprefix("sqlite:///"))) as conn:
+            return dict(conn.execute(query.format("?"), (queue_id,)).fetchall())
+    with psycopg.connect(database) as conn:
+        return dict(conn.execute(query.format("%s").encode(), (queue_id,)).fetchall())
+
+
 async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
-    start_service: ServiceFactory, brokers: Brokers, tmp_path: Path
+    start_service: ServiceFactory, brokers: Brokers, database: str
 ):
     queue_id = unique("burst")
     job_ids = [f"b-{i}-{uuid.uuid4().hex[:8]}" for i in range(10_000)]
     async with (
-        start_service(print_duration=0, store_synchronous="FULL") as service,
+        start_service(print_duration=0, store_synchronous="FULL", database_url=database) as service,
         count_events(brokers.amqp_url, queue_id) as events,
     ):
         started = time.monotonic()
@@ -49,10 +71,10 @@ async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
         )
         elapsed = time.monotonic() - started
         await asyncio.sleep(0.5)  # anything extra would show now
-    stored = jobs_in_store(tmp_path / "jobs.db", queue_id)
+    stored = jobs_stored(database, queue_id)
     lost = len(set(job_ids) - set(events.by_status["created"]))
     report(
-        "burst",
+        f"burst {database.split(':', maxsplit=1)[0]}",
         sent=sent,
         jobs=len(stored),
         created_events=events.jobs_with("created"),
@@ -73,13 +95,15 @@ async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
 
 
 async def test_sigkill_mid_burst_loses_nothing_and_creates_nothing_twice(
-    brokers: Brokers, tmp_path: Path
+    brokers: Brokers, tmp_path: Path, database: str
 ):
     queue_id = unique("kill")
     job_ids = [f"k-{i}-{uuid.uuid4().hex[:8]}" for i in range(5_000)]
-    db = tmp_path / "jobs.db"
     env = service_env(
-        mqtt_url=brokers.mqtt_url, amqp_url=brokers.amqp_url, db=db, client_id=unique("kill")
+        mqtt_url=brokers.mqtt_url,
+        amqp_url=brokers.amqp_url,
+        database_url=database,
+        client_id=unique("kill"),
     )
     service = ServiceProcess(env=env, log=tmp_path / "service.log")
     service.start()
@@ -98,10 +122,10 @@ async def test_sigkill_mid_burst_loses_nothing_and_creates_nothing_twice(
             assert service.terminate() == 0
     finally:
         service.kill()
-    stored = jobs_in_store(db, queue_id)
+    stored = jobs_stored(database, queue_id)
     lost = len(set(job_ids) - set(stored))
     report(
-        "sigkill",
+        f"sigkill {database.split(':', maxsplit=1)[0]}",
         sent=sent,
         created_before_kill=killed_at,
         jobs=len(stored),

@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -110,18 +109,6 @@ async def wait_for(check: object, *, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def jobs_in_store(db: Path, queue_id: str) -> dict[str, int]:
-    """job id -> number of `created` history rows, read straight from the SQLite file."""
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute(
-            "SELECT j.job_id, (SELECT COUNT(*) FROM job_history h "
-            "WHERE h.job_id = j.job_id AND h.status = 'created') "
-            "FROM jobs j WHERE j.queue_id = ?",
-            (queue_id,),
-        ).fetchall()
-    return dict(rows)
-
-
 class ServiceProcess:
     """The service as a process (so that it can be SIGKILLed), logging to a file."""
 
@@ -157,12 +144,12 @@ class ServiceProcess:
 
 
 def service_env(
-    *, mqtt_url: str, amqp_url: str, db: Path, client_id: str, **extra: str
+    *, mqtt_url: str, amqp_url: str, database_url: str, client_id: str, **extra: str
 ) -> dict[str, str]:
     return {
         "MQTT_URL": mqtt_url,
         "AMQP_URL": amqp_url,
-        "DATABASE_URL": f"sqlite:///{db}",
+        "DATABASE_URL": database_url,
         "MQTT_CLIENT_ID": client_id,
         "MQTT_SESSION_EXPIRY": "600",
         "HTTP_HOST": "127.0.0.1",

@@ -1,0 +1,250 @@
+"""The shared store for several replicas: PostgreSQL through psycopg 3 with a connection pool.
+
+Each transaction is a database transaction on one pooled connection: the job row is read
+`FOR UPDATE`, so two transactions on the same job (a cancel and a printer's progress, from
+any replica) take turns, and per-job outbox positions increase in commit order. PostgreSQL
+commits concurrent transactions together by itself; a transaction whose caller does not
+wait for durability commits with `synchronous_commit = off` (no WAL flush to wait for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Final
+
+import psycopg
+import structlog
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from service.core.events import Outgoing
+from service.core.jobs import Job
+from service.ports import OutboxRecord, StoreError
+from service.store.rows import (
+    JOB_COLUMNS,
+    OUTBOX_COLUMNS,
+    OUTBOX_INSERT_COLUMNS,
+    history_row,
+    job_from_row,
+    job_row,
+    outbox_row,
+    outgoing_from_row,
+)
+
+__all__ = ["PostgresStore"]
+
+log = structlog.get_logger(__name__)
+
+# Any constant: replicas starting together take turns migrating.
+_MIGRATION_LOCK: Final = 0x5052_494E_54
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        queue_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        priority TEXT NOT NULL,
+        user_id TEXT,
+        document_name TEXT,
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        correlation_id TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started');
+    CREATE TABLE job_history (
+        job_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (job_id, sequence)
+    );
+    CREATE TABLE outbox (
+        position BIGSERIAL PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        order_key TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        correlation_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        received_at DOUBLE PRECISION,
+        enqueued_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+)
+
+# Constant column names; the values are parameters.
+_UPSERT_JOB: Final = (
+    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "  # noqa: S608
+    "ON CONFLICT (job_id) DO UPDATE SET status = EXCLUDED.status, "
+    "sequence = EXCLUDED.sequence, priority = EXCLUDED.priority, "
+    "updated_at = EXCLUDED.updated_at, reason = EXCLUDED.reason"
+)
+
+
+def _same(moment: datetime) -> datetime:
+    return moment
+
+
+class _Transaction:
+    def __init__(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        self._conn = conn
+        self.jobs: dict[str, Job] = {}
+        self.messages: list[Outgoing] = []
+        self.sent: list[int] = []
+        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def get(self, job_id: str) -> Job | None:
+        if job_id in self.jobs:
+            return self.jobs[job_id]
+        cursor = await self._conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = %s FOR UPDATE",  # noqa: S608
+            (job_id,),
+        )
+        row = await cursor.fetchone()
+        return job_from_row(row) if row else None
+
+    def put(self, job: Job) -> None:
+        self.jobs[job.job_id] = job
+
+    def emit(self, message: Outgoing) -> None:
+        self.messages.append(message)
+
+    async def apply(self) -> None:
+        conn = self._conn
+        async with conn.cursor() as cursor:
+            if self.jobs:
+                await cursor.executemany(
+                    _UPSERT_JOB, [job_row(job, _same) for job in self.jobs.values()]
+                )
+                await cursor.executemany(
+                    "INSERT INTO job_history VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [history_row(job, _same) for job in self.jobs.values()],
+                )
+            if self.messages:
+                now = time.time()
+                await cursor.executemany(
+                    f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [outbox_row(message, now) for message in self.messages],
+                )
+            if self.sent:
+                await cursor.execute(
+                    "DELETE FROM outbox WHERE position = ANY(%s)", (list(self.sent),)
+                )
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self._url = url
+        self._pool = AsyncConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=10.0
+        )
+        self._listeners: list[Callable[[], None]] = []
+        self._depth = 0
+        self.healthy = True
+
+    @property
+    def outbox_depth(self) -> int:
+        return self._depth
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    async def open(self) -> None:
+        try:
+            await self._pool.open(wait=True, timeout=30.0)
+            async with self._pool.connection() as conn:
+                await self._migrate(conn)
+                cursor = await conn.execute("SELECT COUNT(*) FROM outbox")
+                row = await cursor.fetchone()
+                self._depth = int(row[0]) if row else 0
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
+        log.info("store_opened", backend="postgresql", outbox_depth=self._depth)
+
+    async def _migrate(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            cursor = await conn.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in await cursor.fetchall()}
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                for statement in filter(str.strip, script.split(";")):
+                    await conn.execute(statement.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version) VALUES (%s)", (version,)
+                )
+                log.info("store_migrated", version=version)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def transaction(self, *, wait: bool = True) -> AsyncIterator[_Transaction]:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                if not wait:
+                    # The caller does not wait for durability: neither need the commit. It is
+                    # still atomic and ordered; only a crash of PostgreSQL itself could lose it.
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
+                tx = _Transaction(conn)
+                yield tx
+                await tx.apply()
+        except psycopg.Error as exc:
+            self.healthy = False
+            raise StoreError(f"store transaction failed: {exc}") from exc
+        except PoolTimeout as exc:
+            self.healthy = False
+            raise StoreError(f"no store connection: {exc}") from exc
+        self.healthy = True
+        tx.durable.set_result(None)
+        if tx.messages or tx.sent:
+            self._depth += len(tx.messages) - len(tx.sent)
+        if tx.jobs or tx.messages or tx.sent:
+            for listener in self._listeners:
+                listener()
+
+    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY position LIMIT %s",  # noqa: S608
+                (limit,),
+            )
+            rows = await cursor.fetchall()
+        return [OutboxRecord(row[0], outgoing_from_row(row), row[-1]) for row in rows]
+
+    async def mark_sent(self, positions: Iterable[int]) -> None:
+        # If this is lost, the messages go out again with the same ids: consumers dedupe.
+        async with self.transaction(wait=False) as tx:
+            tx.sent.extend(positions)
+
+    async def waiting_jobs(self) -> Sequence[Job]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
+                "WHERE status IN ('created', 'started') ORDER BY created_at"
+            )
+            rows = await cursor.fetchall()
+        return [job_from_row(row) for row in rows]
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StoreError(f"store read failed: {exc}") from exc

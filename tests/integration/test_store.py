@@ -1,0 +1,157 @@
+"""The store contract, held by every store: in memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from service.core import jobs
+from service.core.events import job_event
+from service.models import CreatePrintJob, JobStatus
+from service.ports import JobStore
+from service.store.memory import MemoryStore
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+StoreFactory = Callable[[], JobStore]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Makes stores on the same data (a second one is the first after a restart)."""
+    if request.param == "memory":
+        only = MemoryStore()
+        return lambda: only
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "jobs.db", commit_delay=0.001)
+    url = request.getfixturevalue("postgres_url")
+    return lambda: PostgresStore(url, pool_size=4)
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> AsyncIterator[JobStore]:
+    opened = make_store()
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def a_job(job_id: str | None = None, minutes: int = 0) -> jobs.Job:
+    created = jobs.create(
+        None,
+        CreatePrintJob(jobId=job_id or f"j-{uuid.uuid4().hex[:8]}", userId="u"),
+        queue_id="q1",
+        correlation_id="c",
+        now=T0 + timedelta(minutes=minutes),
+    )
+    assert isinstance(created, jobs.Job)
+    return created
+
+
+def event_of(job: jobs.Job):
+    return job_event(job, event_id=uuid.uuid4(), correlation_id="c", received_at=None)
+
+
+async def test_a_transaction_commits_jobs_and_messages_together(store: JobStore):
+    job = a_job()
+    commits: list[int] = []
+    store.on_commit(lambda: commits.append(1))
+    async with store.transaction() as tx:
+        assert await tx.get(job.job_id) is None
+        tx.put(job)
+        tx.emit(event_of(job))
+    assert tx.durable.done()
+    assert commits
+    async with store.transaction() as tx:
+        assert await tx.get(job.job_id) == job
+    unsent = await store.unsent(10)
+    assert [r.message.order_key for r in unsent] == [job.job_id]
+    assert store.outbox_depth == 1
+
+
+async def test_an_exception_discards_the_whole_transaction(store: JobStore):
+    job = a_job()
+
+    async def failing_transaction() -> None:
+        async with store.transaction() as tx:
+            tx.put(job)
+            tx.emit(event_of(job))
+            raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        await failing_transaction()
+    async with store.transaction() as tx:
+        assert await tx.get(job.job_id) is None
+    assert await store.unsent(10) == []
+
+
+async def test_outbox_keeps_order_and_forgets_what_is_sent(store: JobStore):
+    job = a_job()
+    started = jobs.start(job, now=T0)
+    assert isinstance(started, jobs.Job)
+    async with store.transaction() as tx:
+        tx.put(job)
+        tx.emit(event_of(job))
+    async with store.transaction() as tx:
+        tx.put(started)
+        tx.emit(event_of(started))
+    unsent = await store.unsent(10)
+    assert [r.message.label for r in unsent] == ["created", "started"]
+    assert unsent[0].position < unsent[1].position
+    await store.mark_sent([unsent[0].position])
+    await asyncio.sleep(0.05)  # mark_sent need not wait for its commit
+    assert [r.message.label for r in await store.unsent(10)] == ["started"]
+    assert store.outbox_depth == 1
+
+
+async def test_a_later_transaction_sees_an_earlier_one_that_did_not_wait(store: JobStore):
+    job = a_job()
+    async with store.transaction(wait=False) as tx:
+        tx.put(job)
+    async with store.transaction() as tx2:
+        assert await tx2.get(job.job_id) == job
+    await tx.durable
+
+
+async def test_waiting_jobs_are_the_unfinished_ones_oldest_first(store: JobStore):
+    newer, older, done = a_job(minutes=5), a_job(minutes=1), a_job(minutes=0)
+    started = jobs.start(older, now=T0)
+    canceled = jobs.cancel(done, force=False, now=T0)
+    assert isinstance(started, jobs.Job)
+    assert isinstance(canceled, jobs.Job)
+    async with store.transaction() as tx:
+        for job in (newer, started, canceled):
+            tx.put(job)
+    waiting = await store.waiting_jobs()
+    assert [(j.job_id, j.status) for j in waiting] == [
+        (older.job_id, JobStatus.started),
+        (newer.job_id, JobStatus.created),
+    ]
+
+
+async def test_everything_survives_a_restart(make_store: StoreFactory):
+    first = make_store()
+    await first.open()
+    job = a_job()
+    event = event_of(job)
+    async with first.transaction() as tx:
+        tx.put(job)
+        tx.emit(event)
+    await first.close()
+
+    second = make_store()
+    await second.open()  # migrations run again: a no-op
+    try:
+        async with second.transaction() as tx:
+            assert await tx.get(job.job_id) == job
+        assert [r.message for r in await second.unsent(10)] == [event]
+        assert second.outbox_depth == 1
+    finally:
+        await second.close()
