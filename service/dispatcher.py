@@ -61,8 +61,8 @@ class PrintDispatcher:
                 worker.cancel()
 
     def enqueue(self, job: jobs.Job) -> None:
-        """A created job waits for its queue's printer."""
-        self._waiting.push(job)
+        """A created job waits for its queue's printer (one to resume, ahead of the rest)."""
+        self._waiting.push(job, resume=job.job_id in self._resume)
         if self._tasks is not None and job.queue_id not in self._workers:
             worker = self._tasks.create_task(self._work(job.queue_id), name=f"queue:{job.queue_id}")
             self._workers[job.queue_id] = worker

@@ -5,10 +5,14 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict
+from typing import Final
 
 from service.core.jobs import PRIORITY_RANK, Job
 
-__all__ = ["WaitingJobs"]
+__all__ = ["RESUME_RANK", "WaitingJobs"]
+
+# A job that was being printed when the service stopped goes back to its printer first.
+RESUME_RANK: Final = -1
 
 
 class WaitingJobs:
@@ -29,11 +33,12 @@ class WaitingJobs:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._queue_of
 
-    def push(self, job: Job) -> None:
+    def push(self, job: Job, *, resume: bool = False) -> None:
+        """Queue `job`; with `resume`, ahead of every priority: it had the printer already."""
         if job.job_id in self._queue_of:
             return
         key = (
-            PRIORITY_RANK[job.priority],
+            RESUME_RANK if resume else PRIORITY_RANK[job.priority],
             job.created_at.timestamp(),
             next(self._arrival),
             job.job_id,

@@ -193,3 +193,32 @@ async def _listener(amqp, queue_id: str) -> Listener:
     queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
     await queue.bind("print.rejections", f"rejections/{queue_id}")
     return Listener(amqp, queue)
+
+
+async def test_a_restart_resumes_waiting_and_printing_jobs(
+    start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
+):
+    listener = await _listener(amqp, queue_id)
+    printing, low, high = unique("printing"), unique("low"), unique("high")
+    for job_id in (printing, low, high):
+        await listener.bind_job(job_id)
+    async with start_service(print_duration=60.0):
+        await publisher.create(queue_id, printing)
+        await listener.until(lambda r: r.body.get("status") == "started")
+        await publisher.create(queue_id, low, priority="low")
+        await publisher.create(queue_id, high, priority="high")
+        await listener.collect(2)  # both created
+    # Stopped mid-print; the same store is opened again.
+    async with start_service(print_duration=0.1):
+        events = await listener.until(
+            lambda r: r.body["jobId"] == low and r.body.get("status") == "finished", timeout=15
+        )
+    changes = [(e.body["jobId"], e.body["status"]) for e in events]
+    assert changes == [
+        (printing, "finished"),  # printed again from the start, without a second `started`
+        (high, "started"),
+        (high, "finished"),
+        (low, "started"),
+        (low, "finished"),
+    ]
+    assert [e.body["sequence"] for e in events][:1] == [3]

@@ -247,3 +247,10 @@ def test_matches_a_sorted_reference_under_random_pushes_removes_and_pops() -> No
     for queue in ("q1", "q2", "q3"):
         left = sorted((key, job_id) for job_id, (q, key) in expected.items() if q == queue)
         assert drain(scheduler, queue) == [job_id for _, job_id in left]
+
+
+def test_a_resumed_job_goes_back_to_its_printer_before_any_priority() -> None:
+    scheduler = waiting(a_job("high", priority=Priority.high, age=0))
+    scheduler.push(a_job("was-printing", priority=Priority.low, age=50), resume=True)
+    scheduler.push(a_job("later-high", priority=Priority.high, age=100))
+    assert drain(scheduler) == ["was-printing", "high", "later-high"]
