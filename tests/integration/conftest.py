@@ -93,18 +93,22 @@ class Listener:
     def __init__(self, channel: aio_pika.abc.AbstractChannel, queue: aio_pika.abc.AbstractQueue):
         self.channel = channel
         self.queue = queue
-        self._iter: aio_pika.abc.AbstractQueueIterator | None = None
+        # Delivered by a consumer into a plain asyncio queue: waiting on it is cancellable
+        # and bounded, whatever state the AMQP channel is in.
+        self._inbox: asyncio.Queue[Received] = asyncio.Queue()
+        self._consuming = False
 
     async def bind_job(self, job_id: str) -> None:
         await self.queue.bind(EVENTS_EXCHANGE, f"events/{job_id}")
 
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(decode(message))
+
     async def next(self, timeout: float = 10.0) -> Received:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await self.queue.get(no_ack=True, fail=False)
-                if message is not None:
-                    return decode(message)
-                await asyncio.sleep(0.01)
+        if not self._consuming:
+            self._consuming = True
+            await self.queue.consume(self._deliver, no_ack=True)
+        return await asyncio.wait_for(self._inbox.get(), timeout)
 
     async def collect(self, count: int, timeout: float = 10.0) -> list[Received]:
         return [await self.next(timeout) for _ in range(count)]
@@ -125,8 +129,9 @@ class Listener:
         """Whatever arrives within `seconds` (to show that nothing more comes)."""
         seen: list[Received] = []
         with contextlib.suppress(TimeoutError):
-            while True:
-                seen.append(await self.next(seconds))
+            async with asyncio.timeout(seconds):
+                while True:
+                    seen.append(await self.next(seconds))
         return seen
 
 
