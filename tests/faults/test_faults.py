@@ -10,6 +10,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,8 +31,18 @@ from tests.integration.conftest import ServiceFactory, unique
 pytestmark = pytest.mark.brokers
 
 
-def report(name: str, **figures: object) -> None:
-    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
+Report = Callable[..., None]
+
+
+@pytest.fixture
+def report(capsys: pytest.CaptureFixture[str]) -> Report:
+    """Prints a test's figures to the terminal, also when the test passes."""
+
+    def emit(name: str, **figures: object) -> None:
+        with capsys.disabled():
+            print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+    return emit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -56,7 +67,7 @@ def jobs_stored(database: str, queue_id: str) -> dict[str, int]:
 
 
 async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
-    start_service: ServiceFactory, brokers: Brokers, database: str
+    start_service: ServiceFactory, brokers: Brokers, database: str, report: Report
 ):
     queue_id = unique("burst")
     job_ids = [f"b-{i}-{uuid.uuid4().hex[:8]}" for i in range(10_000)]
@@ -95,7 +106,7 @@ async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
 
 
 async def test_sigkill_mid_burst_loses_nothing_and_creates_nothing_twice(
-    brokers: Brokers, tmp_path: Path, database: str
+    brokers: Brokers, tmp_path: Path, database: str, report: Report
 ):
     queue_id = unique("kill")
     job_ids = [f"k-{i}-{uuid.uuid4().hex[:8]}" for i in range(5_000)]
@@ -145,7 +156,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_creates_nothing_twice(
 
 
 async def test_rabbitmq_outage_the_outbox_grows_and_drains(
-    start_service: ServiceFactory, brokers: Brokers
+    start_service: ServiceFactory, brokers: Brokers, report: Report
 ):
     amqp = BrokerUrl(brokers.amqp_url, schemes=("amqp", "amqps"))
     proxy = TcpProxy(amqp.port)
@@ -202,7 +213,7 @@ async def test_rabbitmq_outage_the_outbox_grows_and_drains(
 
 
 async def test_store_refusing_writes_stops_acknowledging_then_recovers(
-    start_service: ServiceFactory, brokers: Brokers, tmp_path: Path
+    start_service: ServiceFactory, brokers: Brokers, tmp_path: Path, report: Report
 ):
     queue_id = unique("locked")
     job_ids = [unique("locked-job") for _ in range(20)]
