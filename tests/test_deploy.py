@@ -1,0 +1,557 @@
+"""Deployment artefacts, checked offline (no cluster, no Docker engine).
+
+- deploy/k8s: every kustomize tree renders (deploy/k8s/check.py), agrees with a real
+  kustomize where the machine has one, validates against the Kubernetes schemas and our CRD
+  schemas, and keeps the rules the overlays promise.
+- docker-compose.yml: valid under the Compose Specification (check-jsonschema's bundled
+  schema), and the stack is what the README says it is.
+- Dockerfile: its install steps without Docker. The wheels are built from exactly what the
+  image's build context holds, installed with --no-index into a fresh virtual environment,
+  pip and setuptools removed as in the image, and the installed `print-service` is run: --help,
+  /healthz, the Dockerfile's own HEALTHCHECK command, and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from service.config import Settings
+from tests.conftest import Brokers
+from tests.integration.brokers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+DOCKERFILE = ROOT / "Dockerfile"
+
+# Variables the ConfigMap sets ahead of the code that reads them.
+PENDING_SETTINGS = {"MQTT_SHARED_GROUP"}
+
+
+def _load_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("k8s_check", K8S / "check.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load_check()
+TARGETS: tuple[str, ...] = check.TARGETS
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {target: check.render(K8S / target) for target in TARGETS}
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["print-service"]
+    return dict(containers[0])
+
+
+# --- deploy/k8s ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_renders_and_every_object_validates(rendered, target):
+    docs = rendered[target]
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"} <= {
+        d["kind"] for d in docs
+    }
+    assert check.validate(docs) == []
+    assert check.check_policies(docs) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_renderer_agrees_with_kustomize(rendered, target):
+    command = check.find_kustomize()
+    if command is None:
+        pytest.skip("no kustomize or kubectl on this machine to compare with")
+    assert check.compare(rendered[target], check.render_with_kustomize(command, K8S / target)) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_deployment_probes_security_and_client_id(rendered, target):
+    docs = rendered[target]
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    container = container_of(docs)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["ports"] == [
+        {"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}
+    ]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's USER
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MQTT_CLIENT_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert {"configMapRef": {"name": "print-service"}} in container["envFrom"]
+    assert {"secretRef": {"name": "print-service"}} in container["envFrom"]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "-c", "sleep 5"]
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 20 + 5
+
+
+def test_production_scales_with_keda_instead_of_the_hpa(rendered):
+    docs = rendered["overlays/production"]
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert not [d for d in docs if d["kind"] == "Secret"], "placeholders must not reach prod"
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"print"}
+    assert only(docs, "Deployment")["spec"]["replicas"] >= 3
+    scaled = only(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "print-service"
+    assert scaled["spec"]["minReplicaCount"] >= 3
+    queries = [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
+    assert all(t["type"] == "prometheus" for t in scaled["spec"]["triggers"])
+    assert any("print_outbox_depth" in q for q in queries)
+    assert any("print_commands_received_total" in q for q in queries)
+    assert only(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    resources = container_of(docs)["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    image = container_of(docs)["image"]
+    assert re.fullmatch(r"[\w.-]+(/[\w.-]+)+:[\w.-]+", image), image
+
+
+def test_dev_runs_one_small_replica(rendered):
+    docs = rendered["overlays/dev"]
+    assert only(docs, "Deployment")["spec"]["replicas"] == 1
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+        "print-dev"
+    }
+    hpa = only(docs, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 2)
+    assert not [d for d in docs if d["kind"] == "ScaledObject"]
+    assert container_of(docs)["resources"]["limits"]["memory"] == "256Mi"
+
+
+def test_base_hpa_scales_on_cpu(rendered):
+    hpa = only(rendered["base"], "HorizontalPodAutoscaler")
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["averageUtilization"] == 70
+
+
+def test_configmap_and_secret_hold_valid_settings(rendered, monkeypatch):
+    """Every key is a variable the service reads, and together they configure it."""
+    docs = rendered["overlays/dev"]
+    values = {**only(docs, "ConfigMap")["data"], **only(docs, "Secret")["stringData"]}
+    known = {name.upper() for name in Settings.model_fields} | PENDING_SETTINGS
+    assert set(values) <= known, f"unknown variables: {set(values) - known}"
+    for name in list(os.environ):
+        if name.lower() in Settings.model_fields:
+            monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MQTT_CLIENT_ID", "print-service-6d5f7c9b8-x2x7k")
+    settings = Settings.from_env()
+    assert settings.database_url.startswith("postgresql://")
+    assert settings.shutdown_timeout == 20
+    assert len(settings.api_keys) == 2
+
+
+def test_checks_are_not_vacuous(rendered):
+    """A broken object fails: an unknown field, a CRD field of the wrong type or missing, a
+    grace period shorter than the drain, two autoscalers."""
+    docs = json.loads(json.dumps(rendered["overlays/production"]))
+    container_of(docs)  # the shape the edits below rely on
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    pod["containers"][0]["readinessProbe"]["httpGett"] = {}
+    scaled = only(docs, "ScaledObject")
+    del scaled["spec"]["triggers"][0]["metadata"]["threshold"]
+    only(docs, "ServiceMonitor")["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    problems = "\n".join(check.validate(docs))
+    assert "'httpGett' was unexpected" in problems
+    assert "'threshold' is a required property" in problems
+    assert "'15 seconds' does not match" in problems
+
+    docs = json.loads(json.dumps(rendered["overlays/production"]))
+    only(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 20
+    docs.append(only(rendered["base"], "HorizontalPodAutoscaler"))
+    problems = "\n".join(check.check_policies(docs))
+    assert "terminationGracePeriodSeconds 20 < preStop 5 + SHUTDOWN_TIMEOUT 20 + 5" in problems
+    assert "2 autoscalers drive one Deployment" in problems
+
+
+def test_renderer_refuses_what_it_does_not_do(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../base]\ncommonLabels: {a: b}\n"
+    )
+    with pytest.raises(check.RenderError, match="commonLabels"):
+        check.render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{K8S / 'base'}]\npatches: [{{path: patch.yaml}}]\n"
+    )
+    (tmp_path / "patch.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: print-service}\n"
+        "spec: {template: {spec: {tolerations: [{key: x, operator: Exists}]}}}\n"
+    )
+    with pytest.raises(check.RenderError, match="tolerations: list without a known merge key"):
+        check.render(tmp_path)
+
+
+def test_check_script_exits_zero():
+    result = subprocess.run(
+        [sys.executable, str(K8S / "check.py")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "overlays/production: ok" in result.stderr
+
+
+# --- docker-compose.yml -------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_under_the_compose_specification():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_stack():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    replicas = {name: s for name, s in services.items() if s.get("build") == "."}
+    assert len(replicas) == 2
+    client_ids = {s["environment"]["MQTT_CLIENT_ID"] for s in replicas.values()}
+    assert len(client_ids) == 2, "each replica needs its own MQTT_CLIENT_ID"
+    for replica in replicas.values():
+        assert replica["environment"]["DATABASE_URL"].startswith("postgresql://")
+        assert replica["environment"]["DATABASE_URL"].endswith("@postgres:5432/print")
+        assert replica["environment"]["MQTT_SHARED_GROUP"] == "print-service"
+        for dependency in ("mosquitto", "rabbitmq", "postgres"):
+            assert replica["depends_on"][dependency] == {"condition": "service_healthy"}
+            assert "healthcheck" in services[dependency]
+    assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
+    assert services["rabbitmq"]["image"] == "rabbitmq:3.13-management"
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "print"
+    # The configs we ship, mounted where each image reads them.
+    mounts = {
+        volume.split(":")[0]: volume.split(":")[1]
+        for s in services.values()
+        for volume in s.get("volumes", [])
+        if volume.startswith("./")
+    }
+    assert mounts["./deploy/mosquitto/mosquitto.conf"] == "/mosquitto/config/mosquitto.conf"
+    assert mounts["./deploy/rabbitmq/definitions.json"] == "/etc/rabbitmq/definitions.json"
+    assert mounts["./deploy/rabbitmq/rabbitmq.conf"] == "/etc/rabbitmq/rabbitmq.conf"
+    for host_path in mounts:
+        assert (ROOT / host_path).is_file(), host_path
+    printer = services["ippeveprinter"]["build"]
+    printer_file = (ROOT / printer["context"] / printer["dockerfile"]).read_text()
+    assert "FROM debian:bookworm-slim" in printer_file
+    assert "ippeveprinter -r off -f application/pdf,image/pwg-raster -p 8631" in printer_file
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+
+def dockerfile_final_stage() -> str:
+    return DOCKERFILE.read_text().split("\nFROM ")[-1]
+
+
+def dockerfile_json(instruction: str) -> list[str]:
+    """The exec-form (JSON array) argument of an instruction in the final stage."""
+    text = dockerfile_final_stage().replace("\\\n", " ")
+    match = re.search(rf"^{instruction}\b.*?(\[.*\])\s*$", text, re.MULTILINE)
+    assert match, f"no exec-form {instruction}"
+    value = json.loads(match.group(1))
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
+def test_dockerfile_final_stage():
+    dockerfile = DOCKERFILE.read_text()
+    assert dockerfile.count("\nFROM ") == 2, "two stages: builder and final"
+    final = dockerfile_final_stage()
+    assert final.startswith("${PYTHON_IMAGE}")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    assert "\nUSER 10001:10001\n" in final
+    assert "\nEXPOSE 8080\n" in final
+    assert "ENV DATABASE_URL=sqlite:////var/lib/print-service/jobs.db" in final
+    assert "--no-index" in final
+    assert "COPY " not in final, "the final stage installs from a bind mount, copies nothing"
+    assert dockerfile_json("ENTRYPOINT") == ["print-service"]
+    assert dockerfile_json("CMD") == ["run"]
+    assert dockerfile_json("HEALTHCHECK")[:2] == ["python", "-c"]
+    # The build context (.dockerignore) holds what the builder copies.
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert {"!pyproject.toml", "!README.md", "!service/"} <= set(ignore)
+    assert "COPY pyproject.toml README.md ./" in dockerfile
+    assert "COPY service/ service/" in dockerfile
+
+
+def run(command: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def image_venv(tmp_path_factory) -> Path:
+    """The image's install steps: wheels from the build context, a fresh environment."""
+    work: Path = tmp_path_factory.mktemp("image")
+    context = work / "context"  # what .dockerignore lets into the build context
+    context.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", context)
+    shutil.copy(ROOT / "README.md", context)
+    shutil.copytree(
+        ROOT / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    wheels = work / "wheels"
+    # builder: RUN pip wheel --wheel-dir /wheels .
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(wheels), "."],
+        timeout=400,
+        cwd=context,
+    )
+    assert list(wheels.glob("print_service-*.whl"))
+    venv = work / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+    python = str(venv / "bin" / "python")
+    # final: pip install --no-index --find-links /wheels print-service
+    run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "print-service",
+        ],
+        timeout=300,
+    )
+    # final: pip uninstall --yes setuptools wheel pip (nothing at run time may need them)
+    run([python, "-m", "pip", "uninstall", "--yes", "setuptools", "wheel", "pip"], timeout=120)
+    no_pip = "import importlib.util as u; print(u.find_spec('pip'))"
+    assert run([python, "-c", no_pip], timeout=60).stdout.strip() == "None"
+    return venv
+
+
+def service_env(venv: Path, **settings: str) -> dict[str, str]:
+    """The environment of the image: ours, without any service setting of the caller's."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1", LOG_FORMAT="json")
+    env.update(settings)
+    return env
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+class Installed:
+    """`print-service run` from the installed environment, as the image's ENTRYPOINT/CMD."""
+
+    def __init__(self, venv: Path, log_path: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.env = service_env(
+            venv,
+            HTTP_HOST="127.0.0.1",
+            HTTP_PORT=str(self.port),
+            MQTT_CLIENT_ID=f"image-test-{uuid.uuid4().hex[:8]}",
+            **settings,
+        )
+        self.log_path = log_path
+        with log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [*dockerfile_json("ENTRYPOINT"), *dockerfile_json("CMD")],
+                env=self.env,
+                cwd=log_path.parent,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_for(self, path: str, status: int, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"exited {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                code, body = http_get(self.port, path)
+                if code == status:
+                    return body
+            time.sleep(0.2)
+        raise AssertionError(f"{path} did not answer {status} within {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM; the exit code, or None (and SIGKILL) when it did not exit in time."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def unreachable_brokers() -> dict[str, str]:
+    """URLs of ports where nothing listens (a free port, closed again)."""
+    return {
+        "MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+    }
+
+
+@pytest.fixture
+def installed_without_brokers(image_venv, tmp_path) -> Iterator[Installed]:
+    service = Installed(
+        image_venv,
+        tmp_path / "service.log",
+        DATABASE_URL="memory://",
+        SHUTDOWN_TIMEOUT="5",
+        **unreachable_brokers(),
+    )
+    try:
+        yield service
+    finally:
+        if service.process.poll() is None:
+            service.process.kill()
+        service.process.wait(timeout=30)
+
+
+@pytest.mark.timeout(900)  # builds the wheels and a virtual environment first (~1 min)
+def test_installed_wheel_runs_help_and_serves_health(image_venv, installed_without_brokers):
+    help_text = run([str(image_venv / "bin" / "print-service"), "--help"], timeout=60).stdout
+    assert "run" in help_text
+    assert "submit" in help_text
+
+    service = installed_without_brokers
+    service.wait_for("/healthz", 200, timeout=15)
+    status, body = http_get(service.port, "/readyz")
+    assert status == 503  # alive but not ready: no broker answers
+    checks = json.loads(body)["checks"]
+    assert checks["mqtt"] is False
+    assert checks["amqp"] is False
+    assert checks["store"] is True
+    status, body = http_get(service.port, "/metrics")
+    assert status == 200
+    assert b"print_outbox_depth" in body
+
+    # The Dockerfile's HEALTHCHECK, run as the image would (it reads HTTP_PORT).
+    healthcheck = dockerfile_json("HEALTHCHECK")
+    python = str(image_venv / "bin" / "python")
+    assert (
+        subprocess.run(
+            [python, *healthcheck[1:]], env=service.env, timeout=30, check=False
+        ).returncode
+        == 0
+    )
+    service.process.kill()
+    service.process.wait(timeout=30)
+    assert (
+        subprocess.run(
+            [python, *healthcheck[1:]],
+            env=service.env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).returncode
+        != 0
+    )
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xfail(
+    strict=True,
+    reason="service bug: while the first AMQP connection is still being retried "
+    "(AmqpPublisher.connect loops with backoff and does not watch `stopping`), SIGTERM is "
+    "logged as shutdown_requested but the process never exits; Kubernetes then SIGKILLs it "
+    "after terminationGracePeriodSeconds. Remove this mark when that is fixed.",
+)
+def test_installed_service_exits_on_sigterm_while_brokers_are_unreachable(
+    installed_without_brokers,
+):
+    service = installed_without_brokers
+    service.wait_for("/healthz", 200, timeout=15)
+    assert service.stop(timeout=5 + 10) == 0, service.log()
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(900)
+def test_installed_service_drains_on_sigterm_and_exits_zero(image_venv, brokers: Brokers, tmp_path):
+    service = Installed(
+        image_venv,
+        tmp_path / "service.log",
+        MQTT_URL=brokers.mqtt_url,
+        AMQP_URL=brokers.amqp_url,
+        # Its own topic and no session left behind on a broker other tests share.
+        MQTT_COMMANDS_TOPIC=f"image-test-{uuid.uuid4().hex[:8]}/+",
+        MQTT_SESSION_EXPIRY="0",
+        DATABASE_URL=f"sqlite:///{tmp_path}/jobs.db",
+        SHUTDOWN_TIMEOUT="5",
+    )
+    try:
+        service.wait_for("/readyz", 200, timeout=30)
+        assert service.stop(timeout=5 + 10) == 0, service.log()
+        assert "service_stopped" in service.log()
+    finally:
+        if service.process.poll() is None:
+            service.process.kill()
+        service.process.wait(timeout=30)
