@@ -83,8 +83,12 @@ class JobStore(Protocol):
         """
         ...
 
-    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
-        """The oldest messages not yet confirmed by the broker."""
+    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+        """Committed messages not yet marked sent, oldest first.
+
+        `after` is a hint: a store whose positions are assigned in commit order returns only
+        rows past it; one that cannot promise that (PostgreSQL) returns from the oldest.
+        """
         ...
 
     async def mark_sent(self, positions: Iterable[int]) -> None: ...

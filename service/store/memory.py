@@ -65,10 +65,11 @@ class MemoryStore:
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
 
-    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+        rows = ((p, row) for p, row in self._outbox.items() if p > after)
         return [
             OutboxRecord(position, message, enqueued_at)
-            for position, (message, enqueued_at) in itertools.islice(self._outbox.items(), limit)
+            for position, (message, enqueued_at) in itertools.islice(rows, limit)
         ]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:

@@ -218,7 +218,10 @@ class PostgresStore:
             for listener in self._listeners:
                 listener()
 
-    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+        # Concurrent transactions commit out of position order: a row below `after` may
+        # become visible later, so the hint is not used.
+        del after
         async with self._read() as conn:
             cursor = await conn.execute(
                 f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY position LIMIT %s",  # noqa: S608

@@ -221,12 +221,13 @@ class SqliteStore:
             )
         return job_from_row(row[0]) if row else None
 
-    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+        # One writer: positions are assigned in commit order, so `after` is safe here.
         async with self._lock:
             rows = self._read(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE position <= ? "  # noqa: S608
-                "ORDER BY position LIMIT ?",
-                (self._committed_position, limit),
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox "  # noqa: S608
+                "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
+                (after, self._committed_position, limit),
             )
         return [OutboxRecord(row[0], outgoing_from_row(row), row[-1]) for row in rows]
 
@@ -265,8 +266,11 @@ class SqliteStore:
             now = time.time()
             for job in tx.jobs.values():
                 conn.execute(
-                    f"INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO jobs ({JOB_COLUMNS}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
+                    "sequence = excluded.sequence, priority = excluded.priority, "
+                    "updated_at = excluded.updated_at, reason = excluded.reason",
                     job_row(job, _iso),
                 )
                 conn.execute(
