@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 NODE_TOOLS := .ci/asyncapi
 
-.PHONY: install run test lint format generate check-generated validate-contract docs bench clean
+.PHONY: install run test lint format generate check-generated validate-contract docs bench k8s-check clean
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ test: install  ## unit and integration tests (brokers: see README)
 lint: install  ## ruff and mypy strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service tests
+	$(BIN)/mypy service tests bench deploy/k8s/check.py
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -42,6 +42,12 @@ validate-contract: $(NODE_TOOLS)/node_modules/.installed  ## official AsyncAPI v
 docs: $(NODE_TOOLS)/node_modules/.installed  ## the contract as Markdown, in build/docs/
 	mkdir -p build/docs
 	node $(NODE_TOOLS)/render.mjs asyncapi.yaml build/docs/asyncapi.md
+
+bench: install  ## throughput, latency and memory against the raw-bridge ceiling
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+k8s-check: install  ## render every kustomize overlay and validate it offline
+	$(BIN)/python deploy/k8s/check.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache $(NODE_TOOLS)/node_modules
