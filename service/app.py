@@ -127,7 +127,8 @@ class Service:
         await self.store.open()
         await self.http.start()
         try:
-            await self.publisher.connect()
+            if not await self.publisher.connect(self.stopping):
+                return
             ingress_done = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.dispatcher.run(ingress_done), name="dispatcher")

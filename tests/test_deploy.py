@@ -518,13 +518,6 @@ def test_installed_wheel_runs_help_and_serves_health(image_venv, installed_witho
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: while the first AMQP connection is still being retried "
-    "(AmqpPublisher.connect loops with backoff and does not watch `stopping`), SIGTERM is "
-    "logged as shutdown_requested but the process never exits; Kubernetes then SIGKILLs it "
-    "after terminationGracePeriodSeconds. Remove this mark when that is fixed.",
-)
 def test_installed_service_exits_on_sigterm_while_brokers_are_unreachable(
     installed_without_brokers,
 ):

@@ -12,6 +12,7 @@ carries the properties of the contract's operation binding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import ssl
 from datetime import UTC, datetime
@@ -80,11 +81,15 @@ class AmqpPublisher:
     def connected(self) -> bool:
         return self._connection is not None and self._connection.connected.is_set()
 
-    async def connect(self) -> None:
-        """Connect (retrying with backoff, forever) and declare the topology."""
+    async def connect(self, stopping: asyncio.Event) -> bool:
+        """Connect (retrying with backoff until `stopping`) and declare the topology.
+
+        Returns False when `stopping` came first: a service that never reached its broker
+        still stops at once on SIGTERM.
+        """
         backoff = 0.5
         attempt = 0
-        while True:
+        while not stopping.is_set():
             attempt += 1
             self._metrics.reconnects.labels("amqp").inc()
             try:
@@ -102,8 +107,12 @@ class AmqpPublisher:
                     retry_in_s=backoff,
                     error=repr(exc),
                 )
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await stopping.wait()
                 backoff = min(backoff * 2, 30.0)
+        else:
+            return False
         connection.close_callbacks.add(self._on_close)
         connection.reconnect_callbacks.add(self._on_reconnect)
         self._connection = connection
@@ -111,6 +120,7 @@ class AmqpPublisher:
         await self._declare(self._channel)
         self._metrics.broker_up.labels("amqp").set(1)
         log.info("amqp_connected", url=self._url.redacted(), attempt=attempt)
+        return True
 
     async def _declare(self, channel: AbstractRobustChannel) -> None:
         try:
