@@ -87,8 +87,11 @@ class Settings(BaseSettings):
     mqtt_keepalive: int = Field(default=60, ge=5, le=65535)
     mqtt_session_expiry: int = Field(default=86_400, ge=0)
     mqtt_commands_topic: str = "commands/+"
+    # Replicas with the same group share the commands: each goes to one of them.
+    mqtt_shared_group: str = Field(default="", pattern=r"^[^/+#]*$")
     mqtt_last_will_topic: str = "/last-wills"
     mqtt_batch_size: int = Field(default=256, ge=1, le=10_000)
+    mqtt_receive_maximum: int = Field(default=1024, ge=1, le=65_535)
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
@@ -137,6 +140,13 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no such file: {value}")
         return value
+
+    @property
+    def commands_subscription(self) -> str:
+        """The command topic filter, as a shared subscription when a group is set."""
+        if self.mqtt_shared_group:
+            return f"$share/{self.mqtt_shared_group}/{self.mqtt_commands_topic}"
+        return self.mqtt_commands_topic
 
     @property
     def mqtt(self) -> BrokerUrl:

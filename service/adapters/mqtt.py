@@ -80,7 +80,7 @@ class MqttIngress:
                     self._set_connected(up=True)
                     log.info("mqtt_connected", client_id=self._client_id, attempt=attempt)
                     attempt, backoff = 0, 0.5
-                    await client.subscribe(self._settings.mqtt_commands_topic, qos=COMMAND_QOS)
+                    await client.subscribe(self._settings.commands_subscription, qos=COMMAND_QOS)
                     await client.subscribe(self._settings.mqtt_last_will_topic, qos=COMMAND_QOS)
                     await self._consume_until_stopped(client, handle, stopping)
             except aiomqtt.MqttError as exc:
@@ -117,6 +117,9 @@ class MqttIngress:
             # commands published while the service is away would be lost.
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = settings.mqtt_session_expiry
+            # At most this many unacknowledged commands on their way to us: the rest wait on
+            # the broker, not in our memory (paho's default lets the broker send 65,535).
+            properties.ReceiveMaximum = settings.mqtt_receive_maximum
         client = aiomqtt.Client(
             self._url.host,
             self._url.port,

@@ -192,3 +192,33 @@ async def test_mqtts_with_a_client_certificate(
             await listener.bind_job(job_id)
             await Publisher(broker.url).create(queue_id, job_id)  # plain listener, same broker
             assert (await listener.next()).body["status"] == "created"
+
+
+async def test_replicas_in_a_shared_group_each_take_a_share_of_the_commands(
+    start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str, tmp_path: Path
+):
+    group = unique("group")
+    queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+    listener = Listener(amqp, queue)
+    job_ids = [unique("shared") for _ in range(40)]
+    for job_id in job_ids:
+        await listener.bind_job(job_id)
+    async with (
+        start_service(mqtt_shared_group=group, database_url=f"sqlite:///{tmp_path}/a.db") as a,
+        start_service(mqtt_shared_group=group, database_url=f"sqlite:///{tmp_path}/b.db") as b,
+    ):
+        for job_id in job_ids:
+            await publisher.create(queue_id, job_id)
+        created: list[str] = []
+        while len(created) < len(job_ids):
+            received = await listener.next()
+            if received.body["status"] == "created":
+                created.append(received.body["jobId"])
+        later = await listener.quiet(1.0)  # started and finished follow; no second created
+        assert [r.body["jobId"] for r in later if r.body["status"] == "created"] == []
+        taken = [
+            s.metrics.commands.labels("createPrintJob", "accepted")._value.get() for s in (a, b)
+        ]
+    assert sorted(created) == sorted(job_ids), "each command became exactly one job"
+    assert sum(taken) == len(job_ids)
+    assert min(taken) > 0, f"both replicas took commands: {taken}"
