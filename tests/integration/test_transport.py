@@ -156,6 +156,10 @@ async def test_event_gzip_can_be_turned_off(
 async def test_one_job_route_alone_and_events_jobs_gets_all(
     service: Service, listener: Listener, publisher: Publisher, queue_id: str, amqp
 ):
+    # Earlier tests (the fault tests publish tens of thousands of events) fill the durable
+    # queue; empty it so that reading it back finds this test's events at once.
+    shared = await amqp.declare_queue("events/jobs", passive=True)
+    await shared.purge()
     followed, other = unique("followed"), unique("other")
     await listener.bind_job(followed)
     await publisher.create(queue_id, other)
@@ -165,7 +169,6 @@ async def test_one_job_route_alone_and_events_jobs_gets_all(
     assert {e.body["jobId"] for e in events} == {followed}
 
     # The durable queue of the contract receives every job's events.
-    shared = await amqp.declare_queue("events/jobs", passive=True)
     seen: set[tuple[str, str]] = set()
     while (message := await shared.get(no_ack=False, fail=False)) is not None:
         body = decode(message).body
@@ -179,11 +182,12 @@ async def test_one_job_route_alone_and_events_jobs_gets_all(
 async def test_rejections_reach_the_durable_rejections_queue(
     service: Service, publisher: Publisher, queue_id: str, amqp
 ):
+    shared = await amqp.declare_queue("events/rejections", passive=True)
+    await shared.purge()  # what earlier tests left there would come first
     correlation_id = unique("corr")
     await publisher.raw(
         f"commands/{queue_id}", b"not json", user_properties={"x-correlation-id": correlation_id}
     )
-    shared = await amqp.declare_queue("events/rejections", passive=True)
     body = None
     for _ in range(500):
         message = await shared.get(no_ack=False, fail=False)
