@@ -178,7 +178,7 @@ def _store(settings: Settings) -> JobStore:
     """The store `DATABASE_URL` names."""
     url = settings.database_url
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, open_timeout=settings.store_open_timeout)
     if (path := settings.sqlite_path) is not None:
         return SqliteStore(
             path,

@@ -41,10 +41,11 @@ from service.models import (
     PrintJobEvent,
     Priority,
 )
+from service.ports import StoreError
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_CONFIG = 0, 1, 2, 3
+EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_CONFIG, EXIT_STORE = 0, 1, 2, 3, 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +73,10 @@ def _run_service(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"print-service: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StoreError as exc:
+        # No retry loop here: an orchestrator restarts the process, and says why it failed.
+        print(f"print-service: the job store is unavailable: {exc}", file=sys.stderr)
+        return EXIT_STORE
     return EXIT_OK
 
 

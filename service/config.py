@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     store_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     store_commit_delay: float = Field(default=0.002, ge=0, le=1)
     outbox_ready_limit: int = Field(default=100_000, ge=1)
+    store_open_timeout: float = Field(default=30.0, gt=0)
 
     print_duration: float = Field(default=2.0, ge=0)
 

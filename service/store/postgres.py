@@ -143,8 +143,9 @@ class _Transaction:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, open_timeout: float = 30.0) -> None:
         self._url = url
+        self._open_timeout = open_timeout
         self._pool = AsyncConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=10.0
         )
@@ -161,7 +162,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            await self._pool.open(wait=True, timeout=30.0)
+            await self._pool.open(wait=True, timeout=self._open_timeout)
             async with self._pool.connection() as conn:
                 await self._migrate(conn)
                 cursor = await conn.execute("SELECT COUNT(*) FROM outbox")

@@ -214,3 +214,22 @@ async def test_other_instances_last_wills_are_logged_and_counted(
     async with aiomqtt.Client(url.host, url.port) as client:
         await client.publish("/last-wills", json.dumps(will), qos=2)
     assert await eventually(lambda: counter(service, "print_last_wills_received_total") == 1)
+
+
+def test_an_unreachable_database_stops_the_start_with_a_clear_message(brokers: Brokers):
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "run"],
+        env={
+            **os.environ,
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/none",
+            "STORE_OPEN_TIMEOUT": "1",
+            "HTTP_PORT": "0",
+            "MQTT_URL": brokers.mqtt_url,
+            "AMQP_URL": brokers.amqp_url,
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 4
+    assert "the job store is unavailable" in proc.stderr.decode()
