@@ -30,6 +30,7 @@ from typing import Any
 import aio_pika
 import aiomqtt
 
+from service.adapters.amqp import message_body
 from service.config import BrokerUrl
 from tests.faults.tools import service_env
 from tests.integration.brokers import private_mosquitto, reachable
@@ -102,12 +103,7 @@ async def consume(timings: Timings) -> aio_pika.abc.AbstractConnection:
     await queue.bind("print.events", "#")
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        body = message.body
-        if message.content_encoding == "gzip":
-            import gzip  # noqa: PLC0415
-
-            body = gzip.decompress(body)
-        event = json.loads(body)
+        event = json.loads(message_body(message))
         timings.on_event(event["jobId"], event["status"])
 
     await queue.consume(on_message, no_ack=True)

@@ -27,7 +27,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE
+from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_body
 from service.config import BrokerUrl, ConfigError, Settings
 from service.core.events import EVENT_ROUTE_PREFIX, REJECTION_ROUTE_PREFIX
 from service.core.jobs import FINAL_STATUSES
@@ -196,9 +196,7 @@ async def _follow(
         async with asyncio.timeout(args.timeout), queue.iterator() as messages:
             async for incoming in messages:
                 async with incoming.process():
-                    body = incoming.body
-                    if incoming.content_encoding == "gzip":
-                        body = gzip.decompress(body)
+                    body = message_body(incoming)
                     if incoming.type == "commandRejected":
                         rejected = CommandRejected.model_validate_json(body)
                         if rejected.correlationId != correlation_id:

@@ -46,10 +46,6 @@ class PrintDispatcher:
         self._resume: set[str] = set()  # started before a restart: print again
         self._tasks: asyncio.TaskGroup | None = None
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def run(self, stopping: asyncio.Event) -> None:
         """Own the workers until `stopping` is set; jobs being printed then stay `started`."""
         async with asyncio.TaskGroup() as tasks:

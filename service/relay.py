@@ -47,7 +47,6 @@ class OutboxRelay:
         self._slots = asyncio.Semaphore(concurrency)
         self._batch_size = batch_size
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
         self._cursor = 0
         self._taken: set[int] = set()  # in flight, or confirmed and not yet marked sent
         # A read of unsent rows must not overlap marking rows sent: a read that began before
@@ -64,10 +63,6 @@ class OutboxRelay:
     def wake(self) -> None:
         """Something was committed to the outbox."""
         self._wakeup.set()
-
-    async def wait_idle(self) -> None:
-        """Until the outbox was last seen empty, with nothing in flight."""
-        await self._idle.wait()
 
     async def run(self, stopping: asyncio.Event, *, drain_timeout: float) -> None:
         """Publish until `stopping` is set and the outbox is empty (or `drain_timeout` passes)."""
@@ -99,7 +94,6 @@ class OutboxRelay:
                 fetched = await self._store.unsent(self._batch_size, after=self._cursor)
                 records = [r for r in fetched if r.position not in self._taken]
             if records:
-                self._idle.clear()
                 if self._oldest_unsent is None:
                     self._oldest_unsent = records[0].enqueued_at
                 for record in records:
@@ -109,7 +103,6 @@ class OutboxRelay:
             if not self._tails:
                 backoff = 0.1
                 self._oldest_unsent = None
-                self._idle.set()
                 if stopping.is_set():
                     return
             await _first_of(self._wakeup.wait(), stopping.wait(), asyncio.sleep(_MARK_EVERY))

@@ -20,7 +20,12 @@ from typing import Final
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+)
 from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.common import FieldTable, FieldValue
 
@@ -36,6 +41,7 @@ __all__ = [
     "REJECTIONS_EXCHANGE",
     "REJECTIONS_QUEUE",
     "AmqpPublisher",
+    "message_body",
 ]
 
 log = structlog.get_logger(__name__)
@@ -187,6 +193,13 @@ class AmqpPublisher:
         self._metrics.broker_up.labels("amqp").set(1)
         self._metrics.reconnects.labels("amqp").inc()
         log.info("amqp_reconnected")
+
+
+def message_body(message: AbstractIncomingMessage) -> bytes:
+    """A received event's body, gunzipped when its content encoding says gzip."""
+    if message.content_encoding == "gzip":
+        return gzip.decompress(message.body)
+    return message.body
 
 
 def _headers(message: Outgoing) -> FieldTable:

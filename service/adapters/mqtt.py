@@ -55,10 +55,6 @@ class MqttIngress:
     def connected(self) -> bool:
         return self._connected
 
-    @property
-    def client_id(self) -> str:
-        return self._client_id
-
     def will_payload(self) -> bytes:
         will = LastWill(
             instance=self._client_id,

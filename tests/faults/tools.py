@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 import aio_pika
 import aiomqtt
 
+from service.adapters.amqp import message_body
 from service.config import BrokerUrl
 from tests.integration.brokers import free_port, reachable
 
@@ -86,10 +86,7 @@ async def count_events(amqp_url: str, queue_id: str) -> AsyncIterator[EventCount
         await queue.bind("print.events", "#")
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            body = message.body
-            if message.content_encoding == "gzip":
-                body = gzip.decompress(body)
-            event = json.loads(body)
+            event = json.loads(message_body(message))
             if event.get("queueId") == queue_id:
                 counted.add(event)
             await message.ack()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -20,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 
-from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE
+from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_body
 from service.app import Service
 from service.config import BrokerUrl, Settings
 from tests.conftest import Brokers
@@ -136,10 +135,7 @@ class Listener:
 
 
 def decode(message: AbstractIncomingMessage) -> Received:
-    body = message.body
-    if message.content_encoding == "gzip":
-        body = gzip.decompress(body)
-    return Received(kind=str(message.type), body=json.loads(body), message=message)
+    return Received(kind=str(message.type), body=json.loads(message_body(message)), message=message)
 
 
 @pytest.fixture
