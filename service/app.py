@@ -15,6 +15,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 import uuid
@@ -24,16 +25,21 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from service.adapters.amqp import AmqpPublisher
+from service.adapters.documents import DocumentFetcher
 from service.adapters.http import HealthServer
 from service.adapters.mqtt import MqttIngress
+from service.aio import first_of
 from service.config import Settings
 from service.core.codec import CommandDecoder
+from service.core.queues import QueueMap
 from service.dispatcher import PrintDispatcher
 from service.handler import CommandHandler
 from service.metrics import Metrics
-from service.ports import JobStore
-from service.printers.simulated import SimulatedPrinters
+from service.ports import Coordinator, JobStore, StoreError
+from service.printers.directory import Printers
 from service.relay import OutboxRelay
+from service.solo import Solo
+from service.store.leases import RELAY_LANE, PostgresLeases
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -48,7 +54,9 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
+        self.queues = settings.queue_map()
         self.store = _store(settings)
+        self.coordinator = _coordinator(settings, self.store, self.queues)
         self.publisher = AmqpPublisher(
             url=settings.amqp,
             connection_name=settings.mqtt_client_id,
@@ -61,13 +69,21 @@ class Service:
             publisher=self.publisher,
             metrics=self.metrics,
             concurrency=settings.publish_concurrency,
+            leading=lambda: self.coordinator.owns(RELAY_LANE),
         )
         self.store.on_commit(self.relay.wake)
         self.store.on_commit(self.metrics.commits.inc)
         self.metrics.outbox_depth.set_function(lambda: self.store.outbox_depth)
+        self.printers = Printers(self.queues, simulated_duration=settings.print_duration)
+        self.documents = DocumentFetcher(
+            max_bytes=settings.document_max_bytes, timeout=settings.document_fetch_timeout
+        )
         self.dispatcher = PrintDispatcher(
             store=self.store,
-            printers=SimulatedPrinters(duration=settings.print_duration),
+            queues=self.queues,
+            printers=self.printers,
+            documents=self.documents,
+            coordinator=self.coordinator,
             metrics=self.metrics,
         )
         self.handler = CommandHandler(
@@ -78,10 +94,13 @@ class Service:
                 new_id=lambda: str(uuid.uuid4()),
             ),
             store=self.store,
+            queues=self.queues,
             dispatcher=self.dispatcher,
             metrics=self.metrics,
         )
-        self.ingress = MqttIngress(settings=settings, metrics=self.metrics)
+        self.ingress = MqttIngress(
+            settings=settings, metrics=self.metrics, on_peer_will=self._peer_died
+        )
         self.http = HealthServer(
             host=settings.http_host,
             port=settings.http_port,
@@ -89,6 +108,7 @@ class Service:
             readiness=self.readiness,
         )
         self.ready = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     def readiness(self) -> Mapping[str, bool]:
         depth = self.store.outbox_depth
@@ -99,6 +119,11 @@ class Service:
             "outbox": depth < self.settings.outbox_ready_limit,
             "accepting": not self.stopping.is_set(),
         }
+
+    def _peer_died(self, instance: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.coordinator.replica_died(instance))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -122,7 +147,7 @@ class Service:
             client_id=settings.mqtt_client_id,
             mqtt=settings.mqtt.redacted(),
             amqp=settings.amqp.redacted(),
-            printer="simulated",
+            queues=sorted(self.queues.queues) or "one simulated printer per queueId",
         )
         await self.store.open()
         await self.http.start()
@@ -130,19 +155,36 @@ class Service:
             if not await self.publisher.connect(self.stopping):
                 return
             ingress_done = asyncio.Event()
+            relay_done = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
+                # The lease outlives the relay: lanes are given back only once it is done.
+                tasks.create_task(self.coordinator.run(relay_done), name="coordinator")
                 tasks.create_task(self.dispatcher.run(ingress_done), name="dispatcher")
-                tasks.create_task(
-                    self.relay.run(ingress_done, drain_timeout=settings.shutdown_timeout),
-                    name="relay",
-                )
+                tasks.create_task(self._publish(ingress_done, relay_done), name="relay")
+                if isinstance(self.store, PostgresStore):
+                    tasks.create_task(self._count_outbox(self.store, relay_done), name="outbox")
                 tasks.create_task(self._ingest(ingress_done), name="ingress")
                 tasks.create_task(self._announce_ready(), name="ready")
         finally:
+            await self.printers.close()
+            await self.documents.close()
             await self.publisher.close()
             await self.store.close()
             await self.http.close()
             log.info("service_stopped")
+
+    async def _publish(self, ingress_done: asyncio.Event, done: asyncio.Event) -> None:
+        try:
+            await self.relay.run(ingress_done, drain_timeout=self.settings.shutdown_timeout)
+        finally:
+            done.set()
+
+    async def _count_outbox(self, store: PostgresStore, done: asyncio.Event) -> None:
+        """Other replicas add to the shared outbox and one publishes it: count it again."""
+        while not done.is_set():
+            with contextlib.suppress(StoreError):
+                await store.refresh_depth()
+            await first_of(done.wait(), asyncio.sleep(5.0))
 
     async def _ingest(self, done: asyncio.Event) -> None:
         try:
@@ -158,6 +200,18 @@ class Service:
                 log.info("service_ready", http_port=self.http.port)
                 return
             await asyncio.sleep(0.05)
+
+
+def _coordinator(settings: Settings, store: JobStore, queues: QueueMap) -> Coordinator:
+    """Leases in the store when replicas can share it (PostgreSQL); otherwise alone."""
+    if isinstance(store, PostgresStore):
+        return PostgresLeases(
+            settings.database_url,
+            instance=settings.mqtt_client_id,
+            lease_seconds=settings.lease_seconds,
+            lane_of=lambda queue_id: queues.lane(queue_id) or queue_id,
+        )
+    return Solo(settings.mqtt_client_id)
 
 
 def _amqp_ssl(settings: Settings) -> ssl.SSLContext | None:
@@ -178,7 +232,12 @@ def _store(settings: Settings) -> JobStore:
     """The store `DATABASE_URL` names."""
     url = settings.database_url
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, open_timeout=settings.store_open_timeout)
+        return PostgresStore(
+            url,
+            open_timeout=settings.store_open_timeout,
+            notify_as=settings.mqtt_client_id,
+            idle_limit=settings.lease_seconds / 4,
+        )
     if (path := settings.sqlite_path) is not None:
         return SqliteStore(
             path,

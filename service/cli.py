@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gzip
 import json
+import mimetypes
 import sys
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -34,12 +38,16 @@ from service.core.jobs import FINAL_STATUSES
 from service.logs import configure_logging
 from service.models import (
     CancelPrintJob,
+    ColorMode,
     CommandRejected,
     CreatePrintJob,
     GetPrintJobStatus,
     MessageType,
+    Orientation,
     PrintJobEvent,
+    PrintQuality,
     Priority,
+    Sides,
 )
 from service.ports import StoreError
 
@@ -110,6 +118,19 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--user", dest="user_id")
     submit.add_argument("--document", dest="document_name")
     submit.add_argument("--priority", choices=[p.value for p in Priority])
+    submit.add_argument("--title")
+    what = submit.add_mutually_exclusive_group()
+    what.add_argument("--file", type=Path, help="a document to send inline (base64)")
+    what.add_argument("--url", help="a document the service fetches")
+    submit.add_argument("--content-type", help="default: guessed from the file or URL name")
+    submit.add_argument("--copies", type=int)
+    submit.add_argument("--sides", choices=[v.value for v in Sides])
+    submit.add_argument("--media", help="a PWG media name, e.g. iso_a4_210x297mm")
+    submit.add_argument("--color-mode", choices=[v.value for v in ColorMode])
+    submit.add_argument("--pages", help="page ranges, e.g. 1-3,5")
+    submit.add_argument("--orientation", choices=[v.value for v in Orientation])
+    submit.add_argument("--quality", choices=[v.value for v in PrintQuality])
+    submit.add_argument("--expire-after", type=float, metavar="SECONDS")
     submit.add_argument("--no-follow", action="store_true", help="publish and exit")
     cancel = client("cancel", "cancel a print job")
     cancel.add_argument("job_id")
@@ -125,12 +146,7 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
     correlation_id = args.correlation_id or str(uuid.uuid4())
     message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus
     if args.command == "submit":
-        message = CreatePrintJob(
-            jobId=args.job_id or str(uuid.uuid4()),
-            userId=args.user_id,
-            documentName=args.document_name,
-            priority=Priority(args.priority) if args.priority else None,
-        )
+        message = _create(args)
         message_type = MessageType.createPrintJob
     elif args.command == "cancel":
         message = CancelPrintJob(jobId=args.job_id, force=args.force)
@@ -152,6 +168,46 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "submit" and args.no_follow:
             return EXIT_OK
         return await _follow(queue, args, correlation_id)
+
+
+def _create(args: argparse.Namespace) -> CreatePrintJob:
+    fields: dict[str, Any] = {
+        "jobId": args.job_id or str(uuid.uuid4()),
+        "userId": args.user_id,
+        "documentName": args.document_name,
+        "priority": args.priority,
+        "title": args.title,
+        "copies": args.copies,
+    }
+    if args.file is not None or args.url is not None:
+        name = str(args.file or args.url)
+        content_type = args.content_type or mimetypes.guess_type(name)[0]
+        fields["document"] = {"contentType": content_type or "application/octet-stream"}
+        if args.file is not None:
+            fields["document"]["data"] = base64.b64encode(args.file.read_bytes()).decode()
+        else:
+            fields["document"]["url"] = args.url
+    options = {
+        "sides": args.sides,
+        "media": args.media,
+        "colorMode": args.color_mode,
+        "orientation": args.orientation,
+        "quality": args.quality,
+    }
+    if args.pages:
+        options["pageRanges"] = [_page_range(part) for part in args.pages.split(",")]
+    if options := {k: v for k, v in options.items() if v is not None}:
+        fields["options"] = options
+    if args.expire_after is not None:
+        fields["expireAfter"] = (
+            datetime.now(UTC) + timedelta(seconds=args.expire_after)
+        ).isoformat()
+    return CreatePrintJob.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+def _page_range(text: str) -> dict[str, int]:
+    start, _, end = text.strip().partition("-")
+    return {"start": int(start), "end": int(end or start)}
 
 
 async def _publish(

@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.core.queues import QueueConfigError, QueueMap
+
 __all__ = ["BrokerUrl", "ConfigError", "Settings"]
 
 
@@ -112,8 +114,15 @@ class Settings(BaseSettings):
     store_commit_delay: float = Field(default=0.002, ge=0, le=1)
     outbox_ready_limit: int = Field(default=100_000, ge=1)
     store_open_timeout: float = Field(default=30.0, gt=0)
+    # PostgreSQL, several replicas: how long a replica's lanes stay its own without a
+    # renewal (the backstop when its last will is lost); 0: MQTT_KEEPALIVE.
+    replica_lease_seconds: float = Field(default=0.0, ge=0)
 
     print_duration: float = Field(default=2.0, ge=0)
+    # Queues and their printers (TOML); unset: one simulated printer per queueId.
+    print_queues_file: Path | None = None
+    document_max_bytes: int = Field(default=104_857_600, ge=1)
+    document_fetch_timeout: float = Field(default=30.0, gt=0)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -135,6 +144,7 @@ class Settings(BaseSettings):
         "amqp_ca_file",
         "amqp_cert_file",
         "amqp_key_file",
+        "print_queues_file",
     )
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
@@ -150,6 +160,10 @@ class Settings(BaseSettings):
         return self.mqtt_commands_topic
 
     @property
+    def lease_seconds(self) -> float:
+        return self.replica_lease_seconds or float(self.mqtt_keepalive)
+
+    @property
     def mqtt(self) -> BrokerUrl:
         return BrokerUrl(self.mqtt_url, schemes=("mqtt", "mqtts"))
 
@@ -163,6 +177,15 @@ class Settings(BaseSettings):
         if self.database_url.startswith("sqlite:///"):
             return Path(self.database_url.removeprefix("sqlite:///"))
         return None
+
+    def queue_map(self) -> QueueMap:
+        """The queues of `PRINT_QUEUES_FILE`, or one simulated printer per queueId."""
+        if self.print_queues_file is None:
+            return QueueMap.dynamic()
+        try:
+            return QueueMap.from_toml(self.print_queues_file)
+        except QueueConfigError as exc:
+            raise ConfigError(f"PRINT_QUEUES_FILE: {exc}") from None
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -15,14 +15,17 @@ import structlog
 
 from service.core import jobs
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection
-from service.core.events import Outgoing, job_event, rejection_event
+from service.core.events import Outgoing, counts_event, job_event, rejection_event
+from service.core.queues import QueueMap
 from service.dispatcher import PrintDispatcher
 from service.metrics import Metrics
 from service.models import (
     CancelPrintJob,
     CreatePrintJob,
+    GetPrintCounts,
     JobStatus,
     RejectionReason,
+    UpdatePrintJob,
 )
 from service.ports import JobStore, StoreError, StoreTransaction
 
@@ -47,10 +50,12 @@ class CommandHandler:
         *,
         decoder: CommandDecoder,
         store: JobStore,
+        queues: QueueMap,
         dispatcher: PrintDispatcher,
         metrics: Metrics,
     ) -> None:
         self._decoder = decoder
+        self._queues = queues
         self._store = store
         self._dispatcher = dispatcher
         self._metrics = metrics
@@ -93,7 +98,7 @@ class CommandHandler:
             for command in commands:
                 with structlog.contextvars.bound_contextvars(
                     correlation_id=command.correlation_id,
-                    job_id=_job_id(command),
+                    job_id=command.job_id,
                     queue_id=command.queue_id,
                 ):
                     if isinstance(command, Rejection):
@@ -109,15 +114,21 @@ class CommandHandler:
 
     async def _apply_one(self, step: _Step) -> str:
         message = step.command.message
+        if isinstance(message, GetPrintCounts):
+            return await self._counts(step)
         job = await step.tx.get(message.jobId)
         if isinstance(message, CreatePrintJob):
             return self._create(step, message, job)
         if isinstance(message, CancelPrintJob):
             return self._cancel(step, message, job)
+        if isinstance(message, UpdatePrintJob):
+            return self._update(step, message, job)
         return self._status(step, job)
 
     def _create(self, step: _Step, message: CreatePrintJob, existing: jobs.Job | None) -> str:
         command = step.command
+        if existing is None and (refusal := self._queues.check_create(command.queue_id, message)):
+            return self._refuse(step, refusal)
         result = jobs.create(
             existing,
             message,
@@ -131,6 +142,8 @@ class CommandHandler:
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
         step.tx.put(result)
+        if command.document is not None:
+            step.tx.put_document(result.job_id, command.document)
         step.tx.emit(_event(result, command))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
         step.after_commit.append(self._metrics.jobs.labels(JobStatus.created.value).inc)
@@ -151,10 +164,38 @@ class CommandHandler:
         log.info("job_canceled", force=message.force, was=job.status.value)
         return "accepted"
 
+    def _update(self, step: _Step, message: UpdatePrintJob, job: jobs.Job | None) -> str:
+        if job is None:
+            return self._refuse(step, _unknown(message.jobId))
+        result = jobs.update(job, message, now=step.now)
+        if isinstance(result, jobs.Refusal):
+            return self._refuse(step, result)
+        updated, fields = result
+        step.tx.put(updated)
+        step.tx.emit(_event(updated, step.command, updated=fields))
+        step.after_commit.append(lambda: self._dispatcher.reprioritize(updated))
+        log.info("job_updated", fields=fields, priority=updated.priority.value)
+        return "accepted"
+
     def _status(self, step: _Step, job: jobs.Job | None) -> str:
         if job is None:
-            return self._refuse(step, _unknown(step.command.message.jobId))
+            return self._refuse(step, _unknown(step.command.job_id or ""))
         step.tx.emit(_event(job, step.command, snapshot_at=step.now))
+        return "accepted"
+
+    async def _counts(self, step: _Step) -> str:
+        command = step.command
+        counts = await step.tx.counts(command.queue_id)
+        step.tx.emit(
+            counts_event(
+                command.queue_id,
+                counts,
+                event_id=uuid.uuid4(),
+                correlation_id=command.correlation_id,
+                received_at=command.received_at,
+                now=step.now,
+            )
+        )
         return "accepted"
 
     def _refuse(self, step: _Step, refusal: jobs.Refusal) -> str:
@@ -184,12 +225,12 @@ def _log_rejection(rejection: Rejection) -> None:
     )
 
 
-def _job_id(command: DecodedCommand | Rejection) -> str | None:
-    return command.job_id if isinstance(command, Rejection) else command.message.jobId
-
-
 def _event(
-    job: jobs.Job, command: DecodedCommand, *, snapshot_at: datetime | None = None
+    job: jobs.Job,
+    command: DecodedCommand,
+    *,
+    snapshot_at: datetime | None = None,
+    updated: Sequence[str] = (),
 ) -> Outgoing:
     return job_event(
         job,
@@ -197,6 +238,7 @@ def _event(
         correlation_id=command.correlation_id,
         received_at=command.received_at,
         snapshot_at=snapshot_at,
+        updated=updated,
     )
 
 
@@ -211,6 +253,6 @@ def _refused(command: DecodedCommand, reason: RejectionReason, message: str) -> 
         queue_id=command.queue_id,
         correlation_id=command.correlation_id,
         received_at=command.received_at,
-        job_id=command.message.jobId,
+        job_id=command.job_id,
         message_type=command.message_type.value,
     )

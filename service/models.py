@@ -28,6 +28,7 @@ class JobStatus(StrEnum):
     started = "started"
     finished = "finished"
     canceled = "canceled"
+    failed = "failed"
 
 
 class MessageType(StrEnum):
@@ -38,6 +39,8 @@ class MessageType(StrEnum):
     createPrintJob = "createPrintJob"
     cancelPrintJob = "cancelPrintJob"
     getPrintJobStatus = "getPrintJobStatus"
+    updatePrintJob = "updatePrintJob"
+    getPrintCounts = "getPrintCounts"
 
 
 class RejectionReason(StrEnum):
@@ -53,7 +56,10 @@ class RejectionReason(StrEnum):
     - `unknown_job`: no job has that jobId;
     - `job_conflict`: a job with that jobId exists with a different payload;
     - `job_started`: the job is printing and the cancel did not say `force: true`;
-    - `job_final`: the job is already finished or canceled;
+    - `job_final`: the job is already finished, canceled or failed;
+    - `unknown_queue`: no queue of that id is configured, and unknown queues are rejected;
+    - `document_required`: the queue prints on a real printer and the create has no document;
+    - `unsupported_document`: the queue's printers do not take the document's content type;
     - `internal_error`: the service failed to apply the command (a bug; it is logged).
 
     """
@@ -69,6 +75,9 @@ class RejectionReason(StrEnum):
     job_conflict = "job_conflict"
     job_started = "job_started"
     job_final = "job_final"
+    unknown_queue = "unknown_queue"
+    document_required = "document_required"
+    unsupported_document = "unsupported_document"
     internal_error = "internal_error"
 
 
@@ -109,6 +118,7 @@ class CommandHeaders(BaseModel):
 
 class XMessageType(StrEnum):
     printJobEvent = "printJobEvent"
+    printCounts = "printCounts"
     commandRejected = "commandRejected"
 
 
@@ -131,23 +141,137 @@ class EventHeaders(BaseModel):
     BCC: list[str] | None = None
 
 
-class CreatePrintJob(BaseModel):
+class InlineDocument(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         populate_by_name=True,
     )
-    jobId: Annotated[
+    contentType: Annotated[
         str,
         Field(
-            description="Job Id. Letters, digits and `._:-`, at most 128 characters: it is part of the\nAMQP routing key `events/{jobId}`.\n",
-            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+            description="The document's media type, e.g. `application/pdf` (IPP `document-format`).",
+            max_length=127,
+            pattern="^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$",
         ),
     ]
-    userId: Annotated[str | None, Field(description="User Id.", max_length=256)] = None
-    documentName: Annotated[
-        str | None, Field(deprecated=True, description="Document name.", max_length=1024)
-    ] = None
-    priority: Priority | None = None
+    data: Annotated[
+        str,
+        Field(
+            description="The document's bytes, base64-encoded (RFC 4648, with padding).",
+            json_schema_extra={"contentEncoding": "base64"},
+            min_length=4,
+            pattern="^[A-Za-z0-9+/]*={0,2}$",
+        ),
+    ]
+
+
+class UrlDocument(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    contentType: Annotated[
+        str,
+        Field(
+            description="The document's media type, e.g. `application/pdf` (IPP `document-format`).",
+            max_length=127,
+            pattern="^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$",
+        ),
+    ]
+    url: Annotated[
+        str,
+        Field(
+            description="An absolute `http` or `https` URL; fetched by the service, not by the printer.",
+            max_length=2048,
+            pattern="^https?://[^\\s/?#]+[^\\s]*$",
+        ),
+    ]
+
+
+class Sides(StrEnum):
+    """
+    One- or two-sided printing (IPP `sides`).
+    """
+
+    one_sided = "one-sided"
+    two_sided_long_edge = "two-sided-long-edge"
+    two_sided_short_edge = "two-sided-short-edge"
+
+
+class ColorMode(StrEnum):
+    """
+    Colour mode (IPP `print-color-mode`).
+    """
+
+    auto = "auto"
+    monochrome = "monochrome"
+    color = "color"
+
+
+class Orientation(StrEnum):
+    """
+    Page orientation (IPP `orientation-requested`).
+    """
+
+    portrait = "portrait"
+    landscape = "landscape"
+    reverse_landscape = "reverse-landscape"
+    reverse_portrait = "reverse-portrait"
+
+
+class PrintQuality(StrEnum):
+    """
+    Print quality (IPP `print-quality`).
+    """
+
+    draft = "draft"
+    normal = "normal"
+    high = "high"
+
+
+class PageRange(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    start: Annotated[int, Field(ge=1)]
+    end: Annotated[int, Field(ge=1)]
+
+
+class UpdatableField(StrEnum):
+    """
+    A field of a job that `updatePrintJob` can change.
+    """
+
+    priority = "priority"
+    options = "options"
+
+
+class GetPrintCounts(BaseModel):
+    """
+    No fields; the queue is the one of the topic.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+
+class StatusCounts(BaseModel):
+    """
+    Jobs of the queue in each status, as the store holds them.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    created: Annotated[int, Field(ge=0)]
+    started: Annotated[int, Field(ge=0)]
+    finished: Annotated[int, Field(ge=0)]
+    canceled: Annotated[int, Field(ge=0)]
+    failed: Annotated[int, Field(ge=0)]
 
 
 class CancelPrintJob(BaseModel):
@@ -212,7 +336,10 @@ class PrintJobEvent(BaseModel):
     ]
     sequence: Annotated[
         int,
-        Field(description="Per-job sequence of status changes (1 = created). Order by it.", ge=1),
+        Field(
+            description="Per-job sequence of changes (1 = created; an update counts too). Order by it.",
+            ge=1,
+        ),
     ]
     timestamp: Annotated[
         AwareDatetime,
@@ -234,9 +361,14 @@ class PrintJobEvent(BaseModel):
     reason: Annotated[
         str | None,
         Field(
-            description="Why the job reached this status, when there is more to say (e.g. a forced cancel)."
+            description="Why the job reached this status, when there is more to say: a forced cancel,\n`expired`, or for `failed` what the printer or the fetch said.\n"
         ),
     ] = None
+    updated: Annotated[
+        list[UpdatableField] | None,
+        Field(description="Present on the answer to `updatePrintJob`; the fields it changed."),
+    ] = None
+    priority: Priority | None = None
 
 
 class FieldError(BaseModel):
@@ -266,10 +398,6 @@ class LastWill(BaseModel):
     message: str | None = None
 
 
-class CreatePrintJobPayload(RootModel[CreatePrintJob]):
-    root: CreatePrintJob
-
-
 class CreatePrintJobHeaders(RootModel[CommandHeaders]):
     root: CommandHeaders
 
@@ -290,6 +418,22 @@ class GetPrintJobStatusHeaders(RootModel[CommandHeaders]):
     root: CommandHeaders
 
 
+class UpdatePrintJobHeaders(RootModel[CommandHeaders]):
+    root: CommandHeaders
+
+
+class GetPrintCountsPayload(RootModel[GetPrintCounts]):
+    root: GetPrintCounts
+
+
+class GetPrintCountsHeaders(RootModel[CommandHeaders]):
+    root: CommandHeaders
+
+
+class PrintCountsHeaders(RootModel[EventHeaders]):
+    root: EventHeaders
+
+
 class CommandEnvelopePayload(RootModel[CommandEnvelope]):
     root: CommandEnvelope
 
@@ -308,6 +452,73 @@ class CommandRejectedHeaders(RootModel[EventHeaders]):
 
 class LastWillPayload(RootModel[LastWill]):
     root: LastWill
+
+
+class PrintOptions(BaseModel):
+    """
+    Print options. Each maps to one IPP job template attribute and is sent with
+    `ipp-attribute-fidelity: true`: a printer that cannot honour one makes the job
+    `failed` with a reason naming it; no option is dropped silently.
+
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    sides: Sides | None = None
+    media: Annotated[
+        str | None,
+        Field(
+            description="Paper size as a PWG 5101.1 media name, e.g. `iso_a4_210x297mm`, `na_letter_8.5x11in` (IPP `media`).",
+            max_length=255,
+            pattern="^[a-z0-9][a-z0-9._-]*$",
+        ),
+    ] = None
+    colorMode: ColorMode | None = None
+    pageRanges: Annotated[
+        list[PageRange] | None,
+        Field(
+            description="Pages to print, in ascending order, not overlapping (IPP `page-ranges`).",
+            max_length=100,
+            min_length=1,
+        ),
+    ] = None
+    orientation: Orientation | None = None
+    quality: PrintQuality | None = None
+
+
+class UpdatePrintJob(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    jobId: Annotated[
+        str,
+        Field(
+            description="Job Id. Letters, digits and `._:-`, at most 128 characters: it is part of the\nAMQP routing key `events/{jobId}`.\n",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    priority: Priority | None = None
+    options: PrintOptions | None = None
+
+
+class PrintCounts(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    eventId: UUID
+    queueId: Annotated[
+        str,
+        Field(
+            description="The identifier of the print queue (the last level of the MQTT topic).",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    timestamp: Annotated[AwareDatetime, Field(description="When the counts were taken.")]
+    counts: StatusCounts
 
 
 class CommandRejected(BaseModel):
@@ -335,5 +546,65 @@ class CommandRejected(BaseModel):
     ] = None
 
 
+class UpdatePrintJobPayload(RootModel[UpdatePrintJob]):
+    root: UpdatePrintJob
+
+
+class PrintCountsPayload(RootModel[PrintCounts]):
+    root: PrintCounts
+
+
 class CommandRejectedPayload(RootModel[CommandRejected]):
     root: CommandRejected
+
+
+class CreatePrintJob(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    jobId: Annotated[
+        str,
+        Field(
+            description="Job Id. Letters, digits and `._:-`, at most 128 characters: it is part of the\nAMQP routing key `events/{jobId}`.\n",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    userId: Annotated[str | None, Field(description="User Id.", max_length=256)] = None
+    documentName: Annotated[
+        str | None,
+        Field(
+            deprecated=True,
+            description="Document name. Deprecated; use `title`. Honoured as the title when `title` is absent.",
+            max_length=1024,
+        ),
+    ] = None
+    priority: Priority | None = None
+    title: Annotated[
+        str | None,
+        Field(
+            description="The job's title, as printers and their queues show it (IPP `job-name`).",
+            max_length=255,
+            min_length=1,
+        ),
+    ] = None
+    document: Annotated[
+        InlineDocument | UrlDocument | None,
+        Field(
+            description="What to print: inline (base64, at most what fits the message size limit) or a URL\nthat the service fetches when the job is about to print (HTTP or HTTPS, with a\nsize and a time limit; a fetch that fails makes the job `failed`).\n"
+        ),
+    ] = None
+    copies: Annotated[
+        int | None, Field(description="Number of copies (IPP `copies`).", ge=1, le=999)
+    ] = None
+    options: PrintOptions | None = None
+    expireAfter: Annotated[
+        AwareDatetime | None,
+        Field(
+            description="If the job has not started by then, it is canceled with reason `expired`.\nA time in the past cancels it as soon as it would start.\n"
+        ),
+    ] = None
+
+
+class CreatePrintJobPayload(RootModel[CreatePrintJob]):
+    root: CreatePrintJob

@@ -7,7 +7,7 @@ Each has a production adapter beside it (`service.store`, `service.printers`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -15,14 +15,24 @@ from typing import Protocol
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
+from service.models import JobStatus, PrintOptions
 
 __all__ = [
+    "Coordinator",
+    "DocumentSource",
+    "DocumentUnavailable",
     "EventPublisher",
     "JobStore",
+    "LaneCallback",
+    "LaneLost",
+    "OnSubmitted",
     "OutboxRecord",
     "PrintOutcome",
+    "PrintRequest",
+    "PrintResult",
     "Printer",
     "PrinterDirectory",
+    "PrinterUnavailable",
     "StoreError",
     "StoreTransaction",
 ]
@@ -30,6 +40,10 @@ __all__ = [
 
 class StoreError(Exception):
     """The store cannot read or write. Nothing was applied; the command will come again."""
+
+
+class LaneLost(StoreError):  # noqa: N818 - a state, not a bug
+    """A fenced transaction found its lane held by another replica: nothing was applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,14 @@ class StoreTransaction(Protocol):
     async def get(self, job_id: str) -> Job | None: ...
 
     def put(self, job: Job) -> None: ...
+
+    def put_document(self, job_id: str, data: bytes) -> None:
+        """Keep a job's inline document until the job is final."""
+        ...
+
+    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
+        """The queue's jobs per status (statuses with none may be missing)."""
+        ...
 
     def emit(self, message: Outgoing) -> None: ...
 
@@ -73,8 +95,14 @@ class JobStore(Protocol):
         """Committed messages not yet marked sent."""
         ...
 
-    def transaction(self, *, wait: bool = True) -> AbstractAsyncContextManager[StoreTransaction]:
+    def transaction(
+        self, *, wait: bool = True, lane: str | None = None
+    ) -> AbstractAsyncContextManager[StoreTransaction]:
         """Commits on a normal exit, discards everything on an exception.
+
+        With `lane`, the transaction is fenced: it raises LaneLost, applying nothing, unless
+        this replica holds `lane` until it commits (a store shared by replicas; the others
+        ignore it: they have one replica).
 
         With `wait` (the default) the exit returns once the commit is durable; without it,
         once the writes are applied (later transactions see them), and the transaction's
@@ -93,6 +121,10 @@ class JobStore(Protocol):
 
     async def mark_sent(self, positions: Iterable[int]) -> None: ...
 
+    async def document(self, job_id: str) -> bytes | None:
+        """The inline document of a job that is not final."""
+        ...
+
     async def waiting_jobs(self) -> Sequence[Job]:
         """Jobs that are created or started: what a restart must pick up again."""
         ...
@@ -103,6 +135,38 @@ class JobStore(Protocol):
 class PrintOutcome(StrEnum):
     completed = "completed"
     canceled = "canceled"
+    failed = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PrintResult:
+    """How a print ended; `reason` says why, for `failed` and `canceled`, in words for people."""
+
+    outcome: PrintOutcome
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrintRequest:
+    """Everything a printer needs for one job: the document's bytes and what to do with them."""
+
+    job_id: str
+    title: str
+    user_id: str | None
+    copies: int
+    options: PrintOptions
+    document: bytes
+    content_type: str
+    # The printer's own job for it, as an earlier `on_submitted` reported it: a printer that
+    # still has that job follows it rather than printing the document again.
+    printer_job: str | None = None
+
+
+OnSubmitted = Callable[[str], Awaitable[None]]
+
+
+class PrinterUnavailable(Exception):  # noqa: N818 - a state, not a bug
+    """The printer has been unreachable or stopped for longer than its deadline."""
 
 
 class Printer(Protocol):
@@ -110,8 +174,21 @@ class Printer(Protocol):
 
     name: str
 
-    async def print(self, job: Job) -> PrintOutcome:
-        """Returns when the printer says the job is done, or that it stopped it."""
+    async def ready(self) -> None:
+        """Returns once the printer can take a job; waits while it is offline or stopped.
+
+        Raises PrinterUnavailable once it has been so for longer than its deadline.
+        """
+        ...
+
+    async def print(
+        self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
+    ) -> PrintResult:
+        """Returns when the printer says the job is done, failed, or was stopped.
+
+        `on_submitted` is given a reference to the printer's job once it has one, for
+        `PrintRequest.printer_job` if the job must be taken up again (a restart, a takeover).
+        """
         ...
 
     async def cancel(self, job_id: str) -> None:
@@ -120,9 +197,57 @@ class Printer(Protocol):
 
 
 class PrinterDirectory(Protocol):
-    """Which printer serves a queue."""
+    """The printers of each lane (a configured queue, or a queueId without configuration)."""
 
-    def printer_for(self, queue_id: str) -> Printer: ...
+    def printers(self, lane: str) -> Sequence[Printer]: ...
+
+
+class DocumentUnavailable(Exception):  # noqa: N818 - a state, not a bug
+    """A job's document could not be had; the message says why, for the job's `reason`."""
+
+
+class DocumentSource(Protocol):
+    """Fetches documents given by URL."""
+
+    async def fetch(self, url: str) -> bytes:
+        """The document's bytes; raises DocumentUnavailable."""
+        ...
+
+
+LaneCallback = Callable[[list[str]], None]
+
+
+class Coordinator(Protocol):
+    """Which replica prints which lane, so that each job and each printer has one driver."""
+
+    instance: str
+
+    def owns(self, lane: str) -> bool:
+        """Whether this replica may print jobs of `lane` now."""
+        ...
+
+    def subscribe(
+        self,
+        *,
+        gained: LaneCallback,
+        lost: LaneCallback,
+        job_changed: Callable[[str, str], None],
+    ) -> None:
+        """Be told of lanes taken over or given up, and of jobs (queueId, jobId) that another
+        replica changed in a lane this one prints."""
+        ...
+
+    async def claim(self, lane: str) -> bool:
+        """Take `lane` unless a live replica has it; whether it is this replica's now."""
+        ...
+
+    async def replica_died(self, instance: str) -> None:
+        """Another replica's MQTT last will came: take over its lanes."""
+        ...
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Hold the lease until `stopping`, then give the lanes back."""
+        ...
 
 
 class EventPublisher(Protocol):

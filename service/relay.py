@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import structlog
 
+from service.aio import first_of
 from service.core.events import Kind
 from service.metrics import Metrics
 from service.ports import EventPublisher, JobStore, OutboxRecord
@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF = 5.0
 _MARK_EVERY = 0.02  # seconds between batched mark_sent calls
+_FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica publishes now
 
 
 class OutboxRelay:
@@ -40,8 +41,11 @@ class OutboxRelay:
         metrics: Metrics,
         concurrency: int,
         batch_size: int = 1000,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        # With several replicas, one publishes (so one job's events keep their order).
+        self._leading = leading
         self._publisher = publisher
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
@@ -89,6 +93,11 @@ class OutboxRelay:
                 await self._retry_from_failure(backoff, stopping)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
+            if not self._leading():
+                if stopping.is_set() and not self._tails:
+                    return
+                await first_of(stopping.wait(), asyncio.sleep(_FOLLOWER_WAIT))
+                continue
             self._wakeup.clear()
             async with self._reading:
                 fetched = await self._store.unsent(self._batch_size, after=self._cursor)
@@ -105,7 +114,7 @@ class OutboxRelay:
                 self._oldest_unsent = None
                 if stopping.is_set():
                     return
-            await _first_of(self._wakeup.wait(), stopping.wait(), asyncio.sleep(_MARK_EVERY))
+            await first_of(self._wakeup.wait(), stopping.wait(), asyncio.sleep(_MARK_EVERY))
 
     def _start(self, record: OutboxRecord) -> None:
         self._cursor = max(self._cursor, record.position)
@@ -154,7 +163,7 @@ class OutboxRelay:
         log.warning(
             "publish_retry", failed=len(failed), backoff_s=backoff, error=repr(self._last_error)
         )
-        await _first_of(asyncio.sleep(backoff), stopping.wait())
+        await first_of(asyncio.sleep(backoff), stopping.wait())
 
     async def _mark_periodically(self) -> None:
         while True:
@@ -176,21 +185,11 @@ class OutboxRelay:
 
     def _observe(self, record: OutboxRecord) -> None:
         message = record.message
-        if message.kind is Kind.job_event:
-            self._metrics.events.labels(message.label).inc()
-        else:
+        if message.kind is Kind.rejection:
             self._metrics.rejections.labels(message.label).inc()
+        else:
+            self._metrics.events.labels(message.label).inc()
         if message.received_at is not None:
             self._metrics.latency.labels(message.label).observe(
                 max(0.0, time.time() - message.received_at)
             )
-
-
-async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
-    """Wait for the first of several coroutines; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -90,11 +90,18 @@ def test_seed_messages_and_extensions_are_there(contract: dict[str, Any]):
         "createPrintJob",
         "cancelPrintJob",
         "getPrintJobStatus",
+        "updatePrintJob",
+        "getPrintCounts",
     }
-    assert {s.value for s in JobStatus} == {"created", "started", "finished", "canceled"}
+    assert {s.value for s in JobStatus} == {"created", "started", "finished", "canceled", "failed"}
     assert "unauthorized" in {r.value for r in RejectionReason}
     reply = contract["operations"]["printJobStatusQuery"]["reply"]
     assert reply["channel"]["$ref"] == "#/channels/events"
+    counts = contract["operations"]["printCountsQuery"]["reply"]
+    assert counts["channel"]["$ref"] == "#/channels/counts"
+    # The deprecated seed field is still there, and still deprecated.
+    create = contract["components"]["schemas"]["CreatePrintJob"]["properties"]
+    assert create["documentName"]["deprecated"] is True
 
 
 def test_security_schemes_are_fixed(contract: dict[str, Any]):

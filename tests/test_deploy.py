@@ -548,3 +548,16 @@ def test_installed_service_drains_on_sigterm_and_exits_zero(image_venv, brokers:
         if service.process.poll() is None:
             service.process.kill()
         service.process.wait(timeout=30)
+
+
+def test_the_compose_stacks_queue_file_is_a_valid_configuration():
+    from service.core.queues import QueueMap  # noqa: PLC0415 - only this test needs it
+
+    queues = QueueMap.from_toml(ROOT / "deploy/compose/queues.toml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+    assert [p.uri for p in queues.printers_of("office")] == ["ipp://ippeveprinter:8631/ipp/print"]
+    assert queues.lane("any-other-queue") == "default"
+    env = compose["services"]["print-service-1"]["environment"]
+    mounts = compose["services"]["print-service-1"]["volumes"]
+    assert f"./deploy/compose/queues.toml:{env['PRINT_QUEUES_FILE']}:ro" in mounts

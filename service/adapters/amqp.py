@@ -146,6 +146,8 @@ class AmqpPublisher:
                 )
                 await queue.bind(exchange, routing_key="#")
                 self._exchanges[kind] = exchange
+            # Counts answers share the events exchange (and so the `events/jobs` queue).
+            self._exchanges[Kind.counts] = self._exchanges[Kind.job_event]
         except ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"RabbitMQ already has {EVENTS_QUEUE!r} or {REJECTIONS_QUEUE!r} declared with "

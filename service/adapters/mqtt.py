@@ -13,6 +13,7 @@ backoff, logging each attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,19 +38,30 @@ log = structlog.get_logger(__name__)
 COMMAND_QOS: Final = 1
 WILL_QOS: Final = 2
 MAX_BACKOFF_S: Final = 30.0
+# Leaving a shared group: wait for what the broker already sent us until it is quiet.
+GROUP_DRAIN_QUIET_S: Final = 0.5
+GROUP_DRAIN_MAX_S: Final = 5.0
 
 Handler = Callable[[Sequence[Inbound]], Awaitable[None]]
 
 
 class MqttIngress:
-    def __init__(self, *, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        on_peer_will: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self._settings = settings
+        self._on_peer_will = on_peer_will
         self._url = settings.mqtt
         self._metrics = metrics
         self._v5 = settings.mqtt_protocol == "5"
         self._client_id = settings.mqtt_client_id
         self._connected = False
         self._handling = False
+        self._received = 0
 
     @property
     def connected(self) -> bool:
@@ -139,8 +151,9 @@ class MqttIngress:
     async def _consume_until_stopped(
         self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
     ) -> None:
-        consumer = asyncio.create_task(self._consume(client, handle, stopping))
-        watcher = asyncio.create_task(self._interrupt_when_idle(consumer, stopping))
+        finished = asyncio.Event()
+        consumer = asyncio.create_task(self._consume(client, handle, finished))
+        watcher = asyncio.create_task(self._finish(client, consumer, stopping, finished))
         try:
             await asyncio.wait({consumer}, return_when=asyncio.ALL_COMPLETED)
         finally:
@@ -149,14 +162,38 @@ class MqttIngress:
         if not consumer.cancelled() and (exc := consumer.exception()) is not None:
             raise exc
 
-    async def _interrupt_when_idle(
-        self, consumer: asyncio.Task[None], stopping: asyncio.Event
+    async def _finish(
+        self,
+        client: aiomqtt.Client,
+        consumer: asyncio.Task[None],
+        stopping: asyncio.Event,
+        finished: asyncio.Event,
     ) -> None:
+        await stopping.wait()
+        if self._settings.mqtt_shared_group:
+            await self._leave_group(client)
+        finished.set()
         # Cancel the consumer only while it waits for a message, never mid-command: a command
         # being handled is finished and acknowledged first.
-        await stopping.wait()
         if not self._handling:
             consumer.cancel()
+
+    async def _leave_group(self, client: aiomqtt.Client) -> None:
+        """Stop the broker sending us the group's commands, and take what it already sent.
+
+        A replica that stops for good (a replaced pod has a new client id) must not leave
+        commands in a session nobody resumes: its share would wait there until the session
+        expires, and then be dropped.
+        """
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe(self._settings.commands_subscription)
+        deadline = time.monotonic() + GROUP_DRAIN_MAX_S
+        while time.monotonic() < deadline:
+            seen = self._received
+            await asyncio.sleep(GROUP_DRAIN_QUIET_S)
+            if self._received == seen and not self._handling:
+                break
+        log.info("mqtt_left_group", group=self._settings.mqtt_shared_group)
 
     async def _consume(
         self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
@@ -166,11 +203,13 @@ class MqttIngress:
         messages = client.messages
         async for first in messages:
             self._handling = True
+            self._received += 1
             try:
                 # Take what has already arrived, up to a batch: one commit for all of it.
                 batch = [first]
                 while len(batch) < batch_size and len(messages) > 0:
                     batch.append(await anext(messages))
+                    self._received += 1
                 commands = []
                 for message in batch:
                     if message.topic.matches(will_topic):
@@ -200,6 +239,7 @@ class MqttIngress:
             log.info("own_last_will_seen", detail="a previous connection of ours was lost")
         else:
             log.warning("peer_last_will", instance=will.instance, detail=will.message)
+            self._on_peer_will(will.instance)
 
     def _set_connected(self, *, up: bool) -> None:
         self._connected = up

@@ -8,6 +8,8 @@ Pure: no I/O; ids and keys come in from the caller.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import zlib
@@ -23,10 +25,13 @@ from service.models import (
     CommandHeaders,
     CreatePrintJob,
     FieldError,
+    GetPrintCounts,
     GetPrintJobStatus,
+    InlineDocument,
     MessageType,
     PrintJobEvent,
     RejectionReason,
+    UpdatePrintJob,
 )
 
 __all__ = [
@@ -37,15 +42,19 @@ __all__ = [
     "Rejection",
 ]
 
-Command = CreatePrintJob | CancelPrintJob | GetPrintJobStatus
+Command = CreatePrintJob | CancelPrintJob | GetPrintJobStatus | UpdatePrintJob | GetPrintCounts
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.createPrintJob: CreatePrintJob,
     MessageType.cancelPrintJob: CancelPrintJob,
     MessageType.getPrintJobStatus: GetPrintJobStatus,
+    MessageType.updatePrintJob: UpdatePrintJob,
+    MessageType.getPrintCounts: GetPrintCounts,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
-CREATE_ONLY_FIELDS: Final = frozenset({"userId", "documentName", "priority"})
+CREATE_ONLY_FIELDS: Final = frozenset(
+    {"userId", "documentName", "priority", "document", "title", "copies", "options", "expireAfter"}
+)
 CORRELATION_ID_MAX: Final = 256
 MESSAGE_TYPES: Final = frozenset(t.value for t in MessageType)
 
@@ -74,6 +83,13 @@ class DecodedCommand:
     queue_id: str
     correlation_id: str
     received_at: float
+    # The inline document's bytes, decoded from base64 (createPrintJob only).
+    document: bytes | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        """The command's jobId; `getPrintCounts` has none."""
+        return getattr(self.message, "jobId", None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +194,7 @@ class CommandDecoder:
             queue_id=queue_id,
             correlation_id=partial.correlation_id,
             received_at=inbound.received_at,
+            document=_inline_document(message),
         )
 
     def _parse(self, inbound: Inbound) -> dict[str, Any]:
@@ -298,8 +315,22 @@ def _infer_type(body: Mapping[str, Any]) -> MessageType:
         RejectionReason.ambiguous_command,
         "cannot tell the command type: send an x-message-type header "
         "(or an envelope); a bare payload needs `force` (cancel) or one of "
-        "userId/documentName/priority (create), not both",
+        "userId/documentName/priority/document/title/copies/options/expireAfter (create), "
+        "not both",
     )
+
+
+def _inline_document(message: Command) -> bytes | None:
+    if not isinstance(message, CreatePrintJob) or not isinstance(message.document, InlineDocument):
+        return None
+    try:
+        return base64.b64decode(message.document.data, validate=True)
+    except binascii.Error as exc:
+        raise _Rejected(
+            RejectionReason.schema_violation,
+            f"invalid CreatePrintJob: document.data is not base64: {exc}",
+            (FieldError(path="document.data", message=f"not base64: {exc}"),),
+        ) from exc
 
 
 def _validate(model: type[_M], data: Mapping[str, Any], *, prefix: str) -> _M:

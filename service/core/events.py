@@ -6,6 +6,7 @@ outbox unchanged, so a redelivery carries the same bytes and the same message id
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -14,18 +15,28 @@ from uuid import UUID
 
 from service.core.codec import Rejection
 from service.core.jobs import Job
-from service.models import CommandRejected, PrintJobEvent
+from service.models import (
+    CommandRejected,
+    JobStatus,
+    PrintCounts,
+    PrintJobEvent,
+    StatusCounts,
+    UpdatableField,
+)
 
 __all__ = [
+    "COUNTS_ROUTE_PREFIX",
     "EVENT_ROUTE_PREFIX",
     "REJECTION_ROUTE_PREFIX",
     "Kind",
     "Outgoing",
+    "counts_event",
     "job_event",
     "rejection_event",
 ]
 
 EVENT_ROUTE_PREFIX: Final = "events/"
+COUNTS_ROUTE_PREFIX: Final = "counts/"
 REJECTION_ROUTE_PREFIX: Final = "rejections/"
 
 
@@ -33,6 +44,7 @@ class Kind(StrEnum):
     """The contract's message name, also the AMQP `type` property."""
 
     job_event = "printJobEvent"
+    counts = "printCounts"
     rejection = "commandRejected"
 
 
@@ -60,8 +72,12 @@ def job_event(
     correlation_id: str,
     received_at: float | None,
     snapshot_at: datetime | None = None,
+    updated: Sequence[str] = (),
 ) -> Outgoing:
-    """The event for the job's current status; with `snapshot_at`, the answer to a query."""
+    """The event for the job's current status; with `snapshot_at`, the answer to a query.
+
+    `updated` names what an update changed; such an event also says the priority now.
+    """
     event = PrintJobEvent(
         jobId=job.job_id,
         status=job.status,
@@ -71,6 +87,8 @@ def job_event(
         queueId=job.queue_id,
         snapshot=snapshot_at is not None,
         reason=job.reason,
+        updated=[UpdatableField(name) for name in updated] or None,
+        priority=job.priority if updated else None,
     )
     return Outgoing(
         message_id=str(event_id),
@@ -80,6 +98,34 @@ def job_event(
         body=event.model_dump_json(exclude_none=True).encode(),
         correlation_id=correlation_id,
         label=job.status.value,
+        received_at=received_at,
+    )
+
+
+def counts_event(
+    queue_id: str,
+    counts: Mapping[JobStatus, int],
+    *,
+    event_id: UUID,
+    correlation_id: str,
+    received_at: float | None,
+    now: datetime,
+) -> Outgoing:
+    """The answer to `getPrintCounts`: the queue's jobs per status."""
+    event = PrintCounts(
+        eventId=event_id,
+        queueId=queue_id,
+        timestamp=now.astimezone(UTC),
+        counts=StatusCounts(**{status.value: counts.get(status, 0) for status in JobStatus}),
+    )
+    return Outgoing(
+        message_id=str(event_id),
+        kind=Kind.counts,
+        routing_key=COUNTS_ROUTE_PREFIX + queue_id,
+        order_key=COUNTS_ROUTE_PREFIX + queue_id,
+        body=event.model_dump_json(exclude_none=True).encode(),
+        correlation_id=correlation_id,
+        label="counts",
         received_at=received_at,
     )
 

@@ -2,8 +2,11 @@
 
 ```
 created ──start──▶ started ──finish──▶ finished
-   │                  │
-   └──cancel──▶ canceled ◀──cancel(force)──┘
+ │ │ │                │ │
+ │ │ └──cancel──▶ canceled ◀──cancel(force)
+ │ └──expire──▶ canceled  │
+ └─────fail───▶ failed ◀──fail (printer aborted, unreachable, refused an option)
+created ──update──▶ created (priority or options changed; a new sequence)
 ```
 
 Every function here returns either the changed job or a `Refusal` that says why the change
@@ -13,25 +16,41 @@ is not allowed; nothing raises for a refused transition and nothing does I/O.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from service.models import CreatePrintJob, JobStatus, Priority, RejectionReason
+from service.models import (
+    CreatePrintJob,
+    InlineDocument,
+    JobStatus,
+    PrintOptions,
+    Priority,
+    RejectionReason,
+    UpdatePrintJob,
+)
 
 __all__ = [
     "FINAL_STATUSES",
     "PRIORITY_RANK",
+    "DocumentRef",
     "Job",
     "Refusal",
+    "begin",
     "cancel",
     "create",
     "document_name",
+    "expire",
+    "fail",
     "finish",
+    "request_digest",
     "start",
+    "update",
 ]
 
-FINAL_STATUSES: Final = frozenset({JobStatus.finished, JobStatus.canceled})
+FINAL_STATUSES: Final = frozenset({JobStatus.finished, JobStatus.canceled, JobStatus.failed})
+EXPIRED: Final = "expired"
 
 # Lower rank prints first. A create without a priority waits as `medium`.
 PRIORITY_RANK: Final[dict[Priority, int]] = {
@@ -42,8 +61,17 @@ PRIORITY_RANK: Final[dict[Priority, int]] = {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DocumentRef:
+    """What to print: a URL to fetch, or (`url` None) bytes kept in the store with the job."""
+
+    content_type: str
+    url: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
-    """A print job as the service knows it. `sequence` counts its status changes."""
+    """A print job as the service knows it. `sequence` counts its changes."""
 
     job_id: str
     queue_id: str
@@ -56,16 +84,34 @@ class Job:
     updated_at: datetime
     correlation_id: str
     reason: str | None = None
+    title: str | None = None
+    copies: int = 1
+    options: PrintOptions | None = None
+    document: DocumentRef | None = None
+    expire_at: datetime | None = None
+    # Fingerprint of the create that made the job: a redelivery has the same one.
+    request_digest: str = ""
+    # The printer's own job for it, once submitted: taken up again, it is followed there.
+    printer_job: str | None = None
 
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    @property
+    def display_title(self) -> str:
+        """The title printers show: `title`, else the deprecated `documentName`, else the id."""
+        return self.title or self.document_name or self.job_id
+
     def same_request(self, queue_id: str, command: CreatePrintJob) -> bool:
         """Whether `command` asks for this very job (a redelivery), not a different one."""
+        if self.queue_id != queue_id:
+            return False
+        if self.request_digest:
+            return self.request_digest == request_digest(command)
+        # A job stored before digests were kept.
         return (
-            self.queue_id == queue_id
-            and self.user_id == command.userId
+            self.user_id == command.userId
             and self.document_name == document_name(command)
             and self.priority == (command.priority or Priority.medium)
         )
@@ -106,7 +152,29 @@ def create(
         created_at=now,
         updated_at=now,
         correlation_id=correlation_id,
+        title=command.title,
+        copies=command.copies or 1,
+        options=command.options,
+        document=_document_ref(command),
+        expire_at=command.expireAfter,
+        request_digest=request_digest(command),
     )
+
+
+def request_digest(command: CreatePrintJob) -> str:
+    """A fingerprint of everything a create asks for, to tell a redelivery from a conflict."""
+    return hashlib.sha256(command.model_dump_json().encode()).hexdigest()
+
+
+def _document_ref(command: CreatePrintJob) -> DocumentRef | None:
+    document = command.document
+    if document is None:
+        return None
+    if isinstance(document, InlineDocument):
+        # base64 length → byte count, without decoding again.
+        size = len(document.data) * 3 // 4 - document.data[-2:].count("=")
+        return DocumentRef(content_type=document.contentType, size=size)
+    return DocumentRef(content_type=document.contentType, url=document.url)
 
 
 def document_name(command: CreatePrintJob) -> str | None:
@@ -149,13 +217,62 @@ def finish(job: Job, *, now: datetime) -> Job | Refusal:
     )
 
 
-def cancel(job: Job, *, force: bool, now: datetime) -> Job | Refusal:
+def fail(job: Job, *, reason: str, now: datetime) -> Job | Refusal:
+    """The printer aborted the job, refused it, or could not be reached in time."""
+    if job.is_final:
+        return _final_refusal(job)
+    return _advance(job, JobStatus.failed, now, reason)
+
+
+def expire(job: Job, *, now: datetime) -> Job | Refusal:
+    """Cancel a job that has not started by its `expireAfter`."""
+    if job.is_final:
+        return _final_refusal(job)
+    if job.status is not JobStatus.created:
+        return Refusal(RejectionReason.job_started, f"job {job.job_id!r} started in time")
+    if job.expire_at is None or job.expire_at > now:
+        return Refusal(RejectionReason.job_conflict, f"job {job.job_id!r} has not expired")
+    return _advance(job, JobStatus.canceled, now, EXPIRED)
+
+
+def update(job: Job, command: UpdatePrintJob, *, now: datetime) -> tuple[Job, list[str]] | Refusal:
+    """Change the priority or options of a waiting job; returns it with the changed fields."""
+    if job.is_final:
+        return _final_refusal(job)
+    if job.status is not JobStatus.created:
+        return Refusal(
+            RejectionReason.job_started, f"job {job.job_id!r} has started; it cannot change"
+        )
+    given = [name for name in ("priority", "options") if getattr(command, name) is not None]
+    if not given:
+        return Refusal(
+            RejectionReason.schema_violation, "updatePrintJob needs `priority` or `options`"
+        )
+    changed = dataclasses.replace(
+        job,
+        priority=command.priority or job.priority,
+        options=command.options if command.options is not None else job.options,
+        sequence=job.sequence + 1,
+        updated_at=now,
+        reason=None,
+    )
+    return changed, given
+
+
+def begin(job: Job, *, now: datetime) -> Job | Refusal:
+    """A printer is ready for the job: start it, or cancel it if it expired while waiting."""
+    if job.status is JobStatus.created and job.expire_at is not None and job.expire_at <= now:
+        return expire(job, now=now)
+    return start(job, now=now)
+
+
+def cancel(job: Job, *, force: bool, now: datetime, reason: str | None = None) -> Job | Refusal:
     """Cancel a waiting job; a started one only with `force` (the caller stops the printer)."""
     if job.status is JobStatus.created:
-        return _advance(job, JobStatus.canceled, now, "canceled before it started")
+        return _advance(job, JobStatus.canceled, now, reason or "canceled before it started")
     if job.status is JobStatus.started:
         if force:
-            return _advance(job, JobStatus.canceled, now, "force-canceled while printing")
+            return _advance(job, JobStatus.canceled, now, reason or "force-canceled while printing")
         return Refusal(
             RejectionReason.job_started,
             f"job {job.job_id!r} is printing; send force: true to cancel it",

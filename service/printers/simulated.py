@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from service.core.jobs import Job
-from service.ports import PrintOutcome
+from service.ports import OnSubmitted, PrintOutcome, PrintRequest, PrintResult
 
-__all__ = ["SimulatedPrinter", "SimulatedPrinters"]
+__all__ = ["SimulatedPrinter"]
 
 
 class SimulatedPrinter:
@@ -21,35 +20,30 @@ class SimulatedPrinter:
         self._duration = duration
         self._current: tuple[str, asyncio.Event] | None = None
 
-    async def print(self, job: Job) -> PrintOutcome:
+    async def ready(self) -> None:
+        return None
+
+    async def print(
+        self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
+    ) -> PrintResult:
+        # Nothing survives the simulated printer's process: a job taken up again prints again.
+        del on_submitted
         stop = asyncio.Event()
-        self._current = (job.job_id, stop)
+        self._current = (request.job_id, stop)
         try:
             if self._duration == 0:
-                return PrintOutcome.completed
+                return PrintResult(PrintOutcome.completed)
             async with asyncio.timeout(self._duration):
                 await stop.wait()
         except TimeoutError:
-            return PrintOutcome.completed
+            return PrintResult(PrintOutcome.completed)
         finally:
             self._current = None
-        return PrintOutcome.canceled
+        return PrintResult(PrintOutcome.canceled, "stopped while printing")
 
     async def cancel(self, job_id: str) -> None:
         if self._current is not None and self._current[0] == job_id:
             self._current[1].set()
 
-
-class SimulatedPrinters:
-    """One simulated printer per queue, made when the queue is first used."""
-
-    def __init__(self, *, duration: float) -> None:
-        self._duration = duration
-        self._printers: dict[str, SimulatedPrinter] = {}
-
-    def printer_for(self, queue_id: str) -> SimulatedPrinter:
-        printer = self._printers.get(queue_id)
-        if printer is None:
-            printer = SimulatedPrinter(name=f"simulated-{queue_id}", duration=self._duration)
-            self._printers[queue_id] = printer
-        return printer
+    async def close(self) -> None:
+        return None

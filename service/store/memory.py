@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
+from service.models import JobStatus
 from service.ports import OutboxRecord
 
 __all__ = ["MemoryStore"]
@@ -24,6 +26,7 @@ class _Transaction:
     def __init__(self, jobs: dict[str, Job]) -> None:
         self._jobs = jobs
         self.writes: dict[str, Job] = {}
+        self.documents: dict[str, bytes] = {}
         self.messages: list[Outgoing] = []
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -32,6 +35,13 @@ class _Transaction:
 
     def put(self, job: Job) -> None:
         self.writes[job.job_id] = job
+
+    def put_document(self, job_id: str, data: bytes) -> None:
+        self.documents[job_id] = data
+
+    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
+        jobs = {**self._jobs, **self.writes}.values()
+        return dict(Counter(job.status for job in jobs if job.queue_id == queue_id))
 
     def emit(self, message: Outgoing) -> None:
         self.messages.append(message)
@@ -44,17 +54,25 @@ class MemoryStore:
         self.healthy = True
         self._listeners: list[Callable[[], None]] = []
         self._jobs: dict[str, Job] = {}
+        self._documents: dict[str, bytes] = {}
         self._outbox: dict[int, tuple[Outgoing, float]] = {}
         self._positions = itertools.count(1)
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def transaction(self, *, wait: bool = True) -> AsyncIterator[_Transaction]:
+    async def transaction(
+        self, *, wait: bool = True, lane: str | None = None
+    ) -> AsyncIterator[_Transaction]:
         del wait  # a memory commit is as durable as it gets at once
+        del lane  # one replica: it holds every lane
         async with self._lock:
             tx = _Transaction(self._jobs)
             yield tx
             self._jobs.update(tx.writes)
+            self._documents.update(tx.documents)
+            for job in tx.writes.values():
+                if job.is_final:
+                    self._documents.pop(job.job_id, None)
             now = time.time()
             for message in tx.messages:
                 self._outbox[next(self._positions)] = (message, now)
@@ -64,6 +82,9 @@ class MemoryStore:
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
+
+    async def document(self, job_id: str) -> bytes | None:
+        return self._documents.get(job_id)
 
     async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
         rows = ((p, row) for p, row in self._outbox.items() if p > after)

@@ -23,9 +23,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
-from service.ports import OutboxRecord, StoreError
+from service.models import JobStatus
+from service.ports import LaneLost, OutboxRecord, StoreError
+from service.store.leases import notify_payloads
 from service.store.rows import (
     JOB_COLUMNS,
+    JOB_UPDATES,
     OUTBOX_COLUMNS,
     OUTBOX_INSERT_COLUMNS,
     history_row,
@@ -79,14 +82,36 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         enqueued_at DOUBLE PRECISION NOT NULL
     )
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN details TEXT;
+    CREATE INDEX jobs_by_queue ON jobs (queue_id, status);
+    CREATE TABLE documents (
+        job_id TEXT PRIMARY KEY,
+        data BYTEA NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE replicas (
+        instance TEXT PRIMARY KEY,
+        lease_until TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE lanes (
+        lane TEXT PRIMARY KEY,
+        owner TEXT
+    )
+    """,
 )
 
 # Constant column names; the values are parameters.
 _UPSERT_JOB: Final = (
-    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "  # noqa: S608
-    "ON CONFLICT (job_id) DO UPDATE SET status = EXCLUDED.status, "
-    "sequence = EXCLUDED.sequence, priority = EXCLUDED.priority, "
-    "updated_at = EXCLUDED.updated_at, reason = EXCLUDED.reason"
+    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join(['%s'] * 12)}) "  # noqa: S608
+    f"ON CONFLICT (job_id) DO UPDATE SET {JOB_UPDATES}"
+)
+
+
+_FENCE: Final = (
+    "SELECT 1 FROM lanes l JOIN replicas r ON r.instance = l.owner "
+    "WHERE l.lane = %(lane)s AND l.owner = %(me)s AND r.lease_until > now()"
 )
 
 
@@ -95,9 +120,11 @@ def _same(moment: datetime) -> datetime:
 
 
 class _Transaction:
-    def __init__(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[TupleRow], instance: str | None) -> None:
         self._conn = conn
+        self._instance = instance
         self.jobs: dict[str, Job] = {}
+        self.documents: dict[str, bytes] = {}
         self.messages: list[Outgoing] = []
         self.sent: list[int] = []
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -115,12 +142,34 @@ class _Transaction:
     def put(self, job: Job) -> None:
         self.jobs[job.job_id] = job
 
+    def put_document(self, job_id: str, data: bytes) -> None:
+        self.documents[job_id] = data
+
+    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
+        cursor = await self._conn.execute(
+            "SELECT status, COUNT(*) FROM jobs WHERE queue_id = %s GROUP BY status", (queue_id,)
+        )
+        return {JobStatus(status): int(count) for status, count in await cursor.fetchall()}
+
     def emit(self, message: Outgoing) -> None:
         self.messages.append(message)
 
     async def apply(self) -> None:
         conn = self._conn
         async with conn.cursor() as cursor:
+            if self.documents:
+                await cursor.executemany(
+                    "INSERT INTO documents VALUES (%s, %s) "
+                    "ON CONFLICT (job_id) DO UPDATE SET data = EXCLUDED.data",
+                    list(self.documents.items()),
+                )
+            if done := [
+                job.job_id
+                for job in self.jobs.values()
+                if job.is_final and job.document is not None and job.document.url is None
+            ]:
+                # A document is kept only as long as its job may still print it.
+                await cursor.execute("DELETE FROM documents WHERE job_id = ANY(%s)", (done,))
             if self.jobs:
                 await cursor.executemany(
                     _UPSERT_JOB, [job_row(job, _same) for job in self.jobs.values()]
@@ -129,6 +178,14 @@ class _Transaction:
                     "INSERT INTO job_history VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [history_row(job, _same) for job in self.jobs.values()],
                 )
+                if self._instance is not None:
+                    # Delivered on commit: the replica printing the job's lane hears of it.
+                    await cursor.executemany(
+                        "SELECT pg_notify(%s, %s)",
+                        notify_payloads(
+                            self._instance, ((j.queue_id, j.job_id) for j in self.jobs.values())
+                        ),
+                    )
             if self.messages:
                 now = time.time()
                 await cursor.executemany(
@@ -143,11 +200,33 @@ class _Transaction:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, pool_size: int = 8, open_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        open_timeout: float = 30.0,
+        notify_as: str | None = None,
+        idle_limit: float = 30.0,
+    ) -> None:
         self._url = url
+        # The replica's instance id, sent with a NOTIFY for every job written.
+        self._notify_as = notify_as
+        limit_ms = int(idle_limit * 1000)
+        # A replica frozen mid-transaction must not hold its locks (its jobs' rows) for long,
+        # nor wait long for another's: the server ends the transaction. Set once per
+        # connection, not per transaction: no round trip on the hot path.
+        self._limits = (
+            f"SET idle_in_transaction_session_timeout = {limit_ms}; SET lock_timeout = {limit_ms}"
+        ).encode()
         self._open_timeout = open_timeout
         self._pool = AsyncConnectionPool(
-            url, min_size=1, max_size=pool_size, open=False, timeout=10.0
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=10.0,
+            configure=self._configure,
         )
         self._listeners: list[Callable[[], None]] = []
         self._depth = 0
@@ -195,16 +274,22 @@ class PostgresStore:
         await self._pool.close()
 
     @asynccontextmanager
-    async def transaction(self, *, wait: bool = True) -> AsyncIterator[_Transaction]:
+    async def transaction(
+        self, *, wait: bool = True, lane: str | None = None
+    ) -> AsyncIterator[_Transaction]:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 if not wait:
                     # The caller does not wait for durability: neither need the commit. It is
                     # still atomic and ordered; only a crash of PostgreSQL itself could lose it.
                     await conn.execute("SET LOCAL synchronous_commit TO off")
-                tx = _Transaction(conn)
+                tx = _Transaction(conn, self._notify_as)
                 yield tx
                 await tx.apply()
+                if lane is not None and self._notify_as is not None:
+                    await self._fence(conn, lane)
+        except LaneLost:
+            raise
         except psycopg.Error as exc:
             self.healthy = False
             raise StoreError(f"store transaction failed: {exc}") from exc
@@ -215,9 +300,34 @@ class PostgresStore:
         tx.durable.set_result(None)
         if tx.messages or tx.sent:
             self._depth += len(tx.messages) - len(tx.sent)
-        if tx.jobs or tx.messages or tx.sent:
+        if tx.jobs or tx.messages or tx.sent or tx.documents:
             for listener in self._listeners:
                 listener()
+
+    async def _configure(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        await conn.execute(self._limits)
+        await conn.commit()
+
+    async def _fence(self, conn: psycopg.AsyncConnection[TupleRow], lane: str) -> None:
+        # The last statement before COMMIT, and without a lock (a replica frozen here must
+        # not hold up a takeover): a commit that slips past it is caught by the job's row
+        # lock and state (the new holder resumes a job this one started).
+        cursor = await conn.execute(_FENCE, {"lane": lane, "me": self._notify_as})
+        if await cursor.fetchone() is None:
+            raise LaneLost(f"lane {lane!r} is no longer held by {self._notify_as}")
+
+    async def refresh_depth(self) -> None:
+        """Count the outbox again: other replicas add to it, and one of them empties it."""
+        async with self._read() as conn:
+            cursor = await conn.execute("SELECT COUNT(*) FROM outbox")
+            row = await cursor.fetchone()
+        self._depth = int(row[0]) if row else 0
+
+    async def document(self, job_id: str) -> bytes | None:
+        async with self._read() as conn:
+            cursor = await conn.execute("SELECT data FROM documents WHERE job_id = %s", (job_id,))
+            row = await cursor.fetchone()
+        return bytes(row[0]) if row else None
 
     async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
         # Concurrent transactions commit out of position order: a row below `after` may

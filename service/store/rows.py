@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
 from service.core.events import Kind, Outgoing
-from service.core.jobs import Job
-from service.models import JobStatus, Priority
+from service.core.jobs import DocumentRef, Job
+from service.models import JobStatus, PrintOptions, Priority
 
 __all__ = [
     "JOB_COLUMNS",
+    "JOB_UPDATES",
     "OUTBOX_COLUMNS",
     "Row",
     "history_row",
@@ -25,7 +27,12 @@ Row = tuple[Any, ...]
 
 JOB_COLUMNS: Final = (
     "job_id, queue_id, status, sequence, priority, user_id, document_name, "
-    "created_at, updated_at, correlation_id, reason"
+    "created_at, updated_at, correlation_id, reason, details"
+)
+# What an upsert of an existing job changes.
+JOB_UPDATES: Final = ", ".join(
+    f"{column} = excluded.{column}"
+    for column in ("status", "sequence", "priority", "updated_at", "reason", "details")
 )
 OUTBOX_COLUMNS: Final = (
     "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
@@ -50,7 +57,54 @@ def job_row(job: Job, timestamp: Timestamp) -> Row:
         timestamp(job.updated_at),
         job.correlation_id,
         job.reason,
+        _details(job),
     )
+
+
+def _details(job: Job) -> str:
+    """The job's print request, as JSON: read whole whenever the job is read, never queried."""
+    details: dict[str, Any] = {"digest": job.request_digest}
+    if job.title is not None:
+        details["title"] = job.title
+    if job.copies != 1:
+        details["copies"] = job.copies
+    if job.options is not None:
+        details["options"] = job.options.model_dump(mode="json", exclude_none=True)
+    if (document := job.document) is not None:
+        details["document"] = {"contentType": document.content_type}
+        if document.url is not None:
+            details["document"]["url"] = document.url
+        if document.size is not None:
+            details["document"]["size"] = document.size
+    if job.expire_at is not None:
+        details["expireAfter"] = job.expire_at.isoformat()
+    if job.printer_job is not None:
+        details["printerJob"] = job.printer_job
+    return json.dumps(details, separators=(",", ":"))
+
+
+def _print_request(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    details: dict[str, Any] = json.loads(text)
+    result: dict[str, Any] = {"request_digest": details.get("digest", "")}
+    if "title" in details:
+        result["title"] = details["title"]
+    if "copies" in details:
+        result["copies"] = details["copies"]
+    if "options" in details:
+        result["options"] = PrintOptions.model_validate(details["options"])
+    if (document := details.get("document")) is not None:
+        result["document"] = DocumentRef(
+            content_type=document["contentType"],
+            url=document.get("url"),
+            size=document.get("size"),
+        )
+    if "expireAfter" in details:
+        result["expire_at"] = datetime.fromisoformat(details["expireAfter"])
+    if "printerJob" in details:
+        result["printer_job"] = details["printerJob"]
+    return result
 
 
 def history_row(job: Job, timestamp: Timestamp) -> Row:
@@ -77,7 +131,7 @@ def _datetime(value: Any) -> datetime:  # noqa: ANN401 - text (SQLite) or timest
 
 def job_from_row(row: Row) -> Job:
     (job_id, queue_id, status, sequence, priority, user_id, document_name, created_at,
-     updated_at, correlation_id, reason) = row  # fmt: skip
+     updated_at, correlation_id, reason, details) = row  # fmt: skip
     return Job(
         job_id=job_id,
         queue_id=queue_id,
@@ -90,6 +144,7 @@ def job_from_row(row: Row) -> Job:
         updated_at=_datetime(updated_at),
         correlation_id=correlation_id,
         reason=reason,
+        **_print_request(details),
     )
 
 

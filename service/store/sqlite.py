@@ -27,9 +27,11 @@ import structlog
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
+from service.models import JobStatus
 from service.ports import OutboxRecord, StoreError
 from service.store.rows import (
     JOB_COLUMNS,
+    JOB_UPDATES,
     OUTBOX_COLUMNS,
     OUTBOX_INSERT_COLUMNS,
     Row,
@@ -82,6 +84,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         enqueued_at REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN details TEXT;
+    CREATE INDEX jobs_by_queue ON jobs (queue_id, status);
+    CREATE TABLE documents (
+        job_id TEXT PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    """,
 )
 
 
@@ -89,6 +99,7 @@ class _Transaction:
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
         self.jobs: dict[str, Job] = {}
+        self.documents: dict[str, bytes] = {}
         self.messages: list[Outgoing] = []
         self.sent: list[int] = []
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -98,6 +109,12 @@ class _Transaction:
 
     def put(self, job: Job) -> None:
         self.jobs[job.job_id] = job
+
+    def put_document(self, job_id: str, data: bytes) -> None:
+        self.documents[job_id] = data
+
+    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
+        return await self._store.counts(queue_id)
 
     def emit(self, message: Outgoing) -> None:
         self.messages.append(message)
@@ -200,10 +217,13 @@ class SqliteStore:
         return self._depth
 
     @asynccontextmanager
-    async def transaction(self, *, wait: bool = True) -> AsyncIterator[_Transaction]:
+    async def transaction(
+        self, *, wait: bool = True, lane: str | None = None
+    ) -> AsyncIterator[_Transaction]:
+        del lane  # one replica: it holds every lane
         tx = _Transaction(self)
         yield tx
-        if not (tx.jobs or tx.messages or tx.sent):
+        if not (tx.jobs or tx.messages or tx.sent or tx.documents):
             tx.durable.set_result(None)
             return
         async with self._lock:
@@ -220,6 +240,19 @@ class SqliteStore:
                 (job_id,),
             )
         return job_from_row(row[0]) if row else None
+
+    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
+        async with self._lock:
+            rows = self._read(
+                "SELECT status, COUNT(*) FROM jobs WHERE queue_id = ? GROUP BY status",
+                (queue_id,),
+            )
+        return {JobStatus(status): count for status, count in rows}
+
+    async def document(self, job_id: str) -> bytes | None:
+        async with self._lock:
+            rows = self._read("SELECT data FROM documents WHERE job_id = ?", (job_id,))
+        return bytes(rows[0][0]) if rows else None
 
     async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
         # One writer: positions are assigned in commit order, so `after` is safe here.
@@ -267,15 +300,20 @@ class SqliteStore:
             for job in tx.jobs.values():
                 conn.execute(
                     f"INSERT INTO jobs ({JOB_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
-                    "sequence = excluded.sequence, priority = excluded.priority, "
-                    "updated_at = excluded.updated_at, reason = excluded.reason",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    f"ON CONFLICT (job_id) DO UPDATE SET {JOB_UPDATES}",
                     job_row(job, _iso),
                 )
+                if job.is_final and job.document is not None and job.document.url is None:
+                    # A document is kept only as long as its job may still print it.
+                    conn.execute("DELETE FROM documents WHERE job_id = ?", (job.job_id,))
                 conn.execute(
                     "INSERT OR IGNORE INTO job_history VALUES (?, ?, ?, ?, ?)",
                     history_row(job, _iso),
+                )
+            if tx.documents:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO documents VALUES (?, ?)", list(tx.documents.items())
                 )
             position = self._applied_position
             for message in tx.messages:

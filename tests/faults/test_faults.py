@@ -10,7 +10,6 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -18,6 +17,7 @@ import pytest
 
 from service.config import BrokerUrl
 from tests.conftest import Brokers
+from tests.faults.conftest import Report
 from tests.faults.tools import (
     ServiceProcess,
     TcpProxy,
@@ -29,20 +29,6 @@ from tests.faults.tools import (
 from tests.integration.conftest import ServiceFactory, unique
 
 pytestmark = pytest.mark.brokers
-
-
-Report = Callable[..., None]
-
-
-@pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Report:
-    """Prints a test's figures to the terminal, also when the test passes."""
-
-    def emit(name: str, **figures: object) -> None:
-        with capsys.disabled():
-            print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
-
-    return emit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -32,7 +32,7 @@ BAD_INPUTS = [
     ("wrong types", b'{"jobId": 42, "userId": ["x"]}', CREATE, "schema_violation"),
     ("missing jobId", b'{"userId": "dave"}', CREATE, "schema_violation"),
     ("unknown enum", b'{"jobId": "j-enum", "priority": "urgent"}', CREATE, "schema_violation"),
-    ("unknown field", b'{"jobId": "j-extra", "copies": 2}', CREATE, "schema_violation"),
+    ("unknown field", b'{"jobId": "j-extra", "colour": 2}', CREATE, "schema_violation"),
     ("ambiguous bare payload", b'{"jobId": "j-amb"}', {}, "ambiguous_command"),
     (
         "bare payload with create and cancel fields",

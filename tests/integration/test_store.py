@@ -12,7 +12,7 @@ import pytest
 
 from service.core import jobs
 from service.core.events import job_event
-from service.models import CreatePrintJob, JobStatus
+from service.models import CreatePrintJob, JobStatus, UpdatePrintJob
 from service.ports import JobStore
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
@@ -155,3 +155,84 @@ async def test_everything_survives_a_restart(make_store: StoreFactory):
         assert second.outbox_depth == 1
     finally:
         await second.close()
+
+
+def a_print_job(job_id: str, queue_id: str = "q1") -> jobs.Job:
+    created = jobs.create(
+        None,
+        CreatePrintJob.model_validate(
+            {
+                "jobId": job_id,
+                "title": "Report",
+                "copies": 2,
+                "document": {"contentType": "application/pdf", "data": "JVBERi0xLjQK"},
+                "options": {"sides": "two-sided-long-edge", "pageRanges": [{"start": 1, "end": 3}]},
+                "expireAfter": "2030-01-01T00:00:00Z",
+            }
+        ),
+        queue_id=queue_id,
+        correlation_id="c",
+        now=T0,
+    )
+    assert isinstance(created, jobs.Job)
+    return created
+
+
+async def test_a_job_keeps_its_print_request_and_document_until_it_is_final(
+    make_store: StoreFactory,
+):
+    store = make_store()
+    await store.open()
+    job = a_print_job("doc-1")
+    async with store.transaction() as tx:
+        tx.put(job)
+        tx.put_document(job.job_id, b"%PDF-1.4\n")
+    await store.close()
+
+    store = make_store()  # after a restart
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            assert await tx.get(job.job_id) == job
+        assert await store.document(job.job_id) == b"%PDF-1.4\n"
+        failed = jobs.fail(job, reason="printer refused it", now=T0)
+        assert isinstance(failed, jobs.Job)
+        async with store.transaction() as tx:
+            tx.put(failed)
+        assert await store.document(job.job_id) is None
+        async with store.transaction() as tx:
+            assert await tx.get(job.job_id) == failed
+    finally:
+        await store.close()
+
+
+async def test_an_update_is_stored(store: JobStore):
+    job = a_print_job("upd-1")
+    async with store.transaction() as tx:
+        tx.put(job)
+    command = UpdatePrintJob.model_validate(
+        {"jobId": job.job_id, "priority": "high", "options": {"quality": "draft"}}
+    )
+    result = jobs.update(job, command, now=T0)
+    assert not isinstance(result, jobs.Refusal)
+    async with store.transaction() as tx:
+        tx.put(result[0])
+    async with store.transaction() as tx:
+        stored = await tx.get(job.job_id)
+    assert stored == result[0]
+    assert stored is not None
+    assert stored.options == command.options
+
+
+async def test_counts_are_per_queue_and_status(store: JobStore):
+    queue = f"counts-{uuid.uuid4().hex[:6]}"
+    first, second, other = a_print_job("c-1", queue), a_print_job("c-2", queue), a_print_job("c-3")
+    started = jobs.start(second, now=T0)
+    assert isinstance(started, jobs.Job)
+    async with store.transaction() as tx:
+        for job in (first, started, other):
+            tx.put(job)
+    async with store.transaction() as tx:
+        counts = await tx.counts(queue)
+        assert await tx.counts("nobody-uses-this") == {}
+    assert counts == {JobStatus.created: 1, JobStatus.started: 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import json
@@ -16,10 +17,14 @@ from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejectio
 from service.models import (
     CancelPrintJob,
     CreatePrintJob,
+    GetPrintCounts,
     GetPrintJobStatus,
+    InlineDocument,
     MessageType,
     Priority,
     RejectionReason,
+    UpdatePrintJob,
+    UrlDocument,
 )
 
 QUEUE = "queue-1"
@@ -262,7 +267,7 @@ def test_gzip_by_magic_bytes(body: bytes) -> None:
 def test_identity_encoding_is_accepted() -> None:
     properties = {**typed(MessageType.getPrintJobStatus), "content-encoding": "identity"}
 
-    assert accepted(inbound(as_json(STATUS), properties=properties)).message.jobId == JOB_ID
+    assert accepted(inbound(as_json(STATUS), properties=properties)).job_id == JOB_ID
 
 
 def test_a_payload_exactly_at_the_size_limit_is_accepted() -> None:
@@ -423,7 +428,9 @@ def test_every_invalid_field_is_listed() -> None:
     assert rejection.job_id is None  # 42 is not a job id
 
 
-@pytest.mark.parametrize("message_type", list(MessageType))
+@pytest.mark.parametrize(
+    "message_type", [t for t in MessageType if t is not MessageType.getPrintCounts]
+)
 def test_missing_job_id(message_type: MessageType) -> None:
     message = inbound(as_json({}), properties=typed(message_type, "corr-missing"))
 
@@ -812,3 +819,121 @@ def test_a_queue_id_the_contract_does_not_allow(topic: str) -> None:
 def test_limits_must_be_positive(max_bytes: int, max_decompressed: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         a_decoder(max_bytes=max_bytes, max_decompressed_bytes=max_decompressed)
+
+
+# --- documents, updates and counts ----------------------------------------------------------------
+
+PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"
+
+
+def test_an_inline_document_is_decoded_from_base64() -> None:
+    payload = {
+        "jobId": JOB_ID,
+        "document": {"contentType": "application/pdf", "data": base64.b64encode(PDF).decode()},
+    }
+
+    result = accepted(inbound(as_json(payload), properties=typed(MessageType.createPrintJob)))
+
+    assert result.document == PDF
+    assert isinstance(result.message, CreatePrintJob)
+    assert isinstance(result.message.document, InlineDocument)
+
+
+def test_a_url_document_has_no_bytes_yet() -> None:
+    document = {"contentType": "application/pdf", "url": "https://files.example.com/a.pdf"}
+    payload = {"jobId": JOB_ID, "document": document}
+
+    result = accepted(inbound(as_json(payload), properties=typed(MessageType.createPrintJob)))
+
+    assert result.document is None
+    assert isinstance(result.message, CreatePrintJob)
+    assert isinstance(result.message.document, UrlDocument)
+
+
+@pytest.mark.parametrize(
+    ("document", "path_part"),
+    [
+        ({"contentType": "application/pdf", "data": "JVBERi0xLjQ"}, "document.data"),
+        ({"contentType": "application/pdf", "data": "not base64!"}, "document"),
+        ({"contentType": "application/pdf"}, "document"),
+        ({"contentType": "pdf", "data": "JVBERi0xLjQK"}, "document"),
+        ({"contentType": "application/pdf", "url": "ftp://files.example.com/a.pdf"}, "document"),
+        (
+            {"contentType": "application/pdf", "data": "JVBERi0xLjQK", "url": "https://x/a"},
+            "document",
+        ),
+    ],
+    ids=["bad-padding", "bad-alphabet", "neither", "bad-type", "not-http", "both"],
+)
+def test_a_bad_document_is_a_schema_violation(document: dict[str, str], path_part: str) -> None:
+    payload = {"jobId": JOB_ID, "document": document}
+    message = inbound(as_json(payload), properties=typed(MessageType.createPrintJob, "corr-doc"))
+
+    rejection = rejected(message, RejectionReason.schema_violation)
+
+    assert any(path.startswith(path_part) for path in paths(rejection)), paths(rejection)
+    assert (rejection.correlation_id, rejection.job_id) == ("corr-doc", JOB_ID)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sides": "duplex"},
+        {"colorMode": "rainbow"},
+        {"pageRanges": []},
+        {"pageRanges": [{"start": 0, "end": 1}]},
+        {"orientation": 4},
+        {"quality": "best"},
+        {"media": "A4 paper"},
+        {"staple": True},
+    ],
+)
+def test_an_option_outside_the_contract_is_a_schema_violation(options: dict[str, Any]) -> None:
+    payload = {"jobId": JOB_ID, "options": options}
+
+    rejection = rejected(
+        inbound(as_json(payload), properties=typed(MessageType.createPrintJob)),
+        RejectionReason.schema_violation,
+    )
+
+    assert all(path.startswith("options") for path in paths(rejection)), paths(rejection)
+
+
+def test_update_is_decoded() -> None:
+    payload = {"jobId": JOB_ID, "priority": "low", "options": {"quality": "draft"}}
+
+    result = accepted(inbound(as_json(payload), properties=typed(MessageType.updatePrintJob)))
+
+    assert result.message == UpdatePrintJob.model_validate(payload)
+    assert result.job_id == JOB_ID
+
+
+def test_counts_query_is_decoded_and_has_no_job_id() -> None:
+    result = accepted(inbound(as_json({}), properties=typed(MessageType.getPrintCounts)))
+
+    assert result.message == GetPrintCounts()
+    assert result.job_id is None
+    assert result.queue_id == QUEUE
+
+
+def test_counts_query_takes_no_fields() -> None:
+    message = inbound(as_json({"jobId": JOB_ID}), properties=typed(MessageType.getPrintCounts))
+
+    rejection = rejected(message, RejectionReason.schema_violation)
+
+    assert paths(rejection) == {"jobId"}
+
+
+@pytest.mark.parametrize("field", ["title", "copies", "options", "document", "expireAfter"])
+def test_a_bare_payload_with_a_print_field_is_a_create(field: str) -> None:
+    values = {
+        "title": "T",
+        "copies": 2,
+        "options": {},
+        "document": {"contentType": "text/plain", "data": "aGk="},
+        "expireAfter": "2030-01-01T00:00:00Z",
+    }
+
+    result = accepted(inbound(as_json({"jobId": JOB_ID, field: values[field]})))
+
+    assert result.message_type is MessageType.createPrintJob

@@ -13,10 +13,12 @@ import pytest
 from service.core import jobs
 from service.core.codec import CommandDecoder, Inbound, Rejection
 from service.core.events import (
+    COUNTS_ROUTE_PREFIX,
     EVENT_ROUTE_PREFIX,
     REJECTION_ROUTE_PREFIX,
     Kind,
     Outgoing,
+    counts_event,
     job_event,
     rejection_event,
 )
@@ -26,8 +28,12 @@ from service.models import (
     CreatePrintJob,
     FieldError,
     JobStatus,
+    PrintCounts,
     PrintJobEvent,
+    Priority,
     RejectionReason,
+    StatusCounts,
+    UpdatableField,
 )
 
 CREATED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -273,3 +279,61 @@ def test_the_decoders_rejections_can_be_sent(payload: bytes, properties: dict[st
     assert event.correlationId == "generated"
     assert event.queueId == QUEUE
     assert tuple(event.errors or ()) == rejection.errors
+
+
+# --- updates and counts ---------------------------------------------------------------------------
+
+
+def test_an_update_event_names_what_changed_and_the_priority_now() -> None:
+    job = dataclasses.replace(a_job(JobStatus.created), priority=Priority.high, sequence=2)
+
+    outgoing = job_event(
+        job, event_id=EVENT_ID, correlation_id="c", received_at=None, updated=["priority"]
+    )
+    event = PrintJobEvent.model_validate_json(outgoing.body)
+
+    assert event.updated == [UpdatableField.priority]
+    assert (event.status, event.sequence, event.priority) == (JobStatus.created, 2, Priority.high)
+
+
+def test_a_status_event_says_nothing_of_updates() -> None:
+    body = json.loads(emit_job_event(a_job(JobStatus.started)).body)
+
+    assert "updated" not in body
+    assert "priority" not in body
+
+
+def test_a_failed_job_event_carries_the_printers_reason() -> None:
+    started = a_job(JobStatus.started)
+    failed = jobs.fail(started, reason="printer refused sides=two-sided-long-edge", now=CREATED_AT)
+    assert isinstance(failed, Job)
+
+    event = PrintJobEvent.model_validate_json(emit_job_event(failed).body)
+
+    assert (event.status, event.reason) == (
+        JobStatus.failed,
+        "printer refused sides=two-sided-long-edge",
+    )
+
+
+def test_counts_event_follows_the_contract_and_fills_in_zeros() -> None:
+    now = CREATED_AT + timedelta(minutes=1)
+
+    outgoing = counts_event(
+        QUEUE,
+        {JobStatus.created: 3, JobStatus.failed: 1},
+        event_id=EVENT_ID,
+        correlation_id="corr-q",
+        received_at=7.0,
+        now=now,
+    )
+
+    assert PrintCounts.model_validate_json(outgoing.body) == PrintCounts(
+        eventId=EVENT_ID,
+        queueId=QUEUE,
+        timestamp=now,
+        counts=StatusCounts(created=3, started=0, finished=0, canceled=0, failed=1),
+    )
+    assert outgoing.kind is Kind.counts
+    assert outgoing.routing_key == COUNTS_ROUTE_PREFIX + QUEUE == f"counts/{QUEUE}"
+    assert (outgoing.correlation_id, outgoing.received_at) == ("corr-q", 7.0)

@@ -11,7 +11,7 @@ import pytest
 
 from service.core import jobs
 from service.core.jobs import FINAL_STATUSES, PRIORITY_RANK, Job, Refusal
-from service.models import CreatePrintJob, JobStatus, Priority, RejectionReason
+from service.models import CreatePrintJob, JobStatus, Priority, RejectionReason, UpdatePrintJob
 
 CREATED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NOW = CREATED_AT + timedelta(minutes=5)
@@ -52,6 +52,8 @@ OPERATIONS: dict[str, Operation] = {
     "finish": lambda job: jobs.finish(job, now=NOW),
     "cancel": lambda job: jobs.cancel(job, force=False, now=NOW),
     "force-cancel": lambda job: jobs.cancel(job, force=True, now=NOW),
+    "fail": lambda job: jobs.fail(job, reason="printer on fire", now=NOW),
+    "begin": lambda job: jobs.begin(job, now=NOW),
 }
 
 # (operation, from status) -> the new status and its reason, or the refusal's reason.
@@ -62,6 +64,10 @@ ALLOWED: dict[tuple[str, JobStatus], tuple[JobStatus, str | None]] = {
     ("cancel", JobStatus.created): (JobStatus.canceled, "canceled before it started"),
     ("force-cancel", JobStatus.created): (JobStatus.canceled, "canceled before it started"),
     ("force-cancel", JobStatus.started): (JobStatus.canceled, "force-canceled while printing"),
+    ("fail", JobStatus.created): (JobStatus.failed, "printer on fire"),
+    ("fail", JobStatus.started): (JobStatus.failed, "printer on fire"),
+    # `begin` is `start` for a job without expireAfter.
+    ("begin", JobStatus.created): (JobStatus.started, None),
 }
 REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
     ("start", JobStatus.started): RejectionReason.job_started,
@@ -75,6 +81,17 @@ REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
     ("cancel", JobStatus.canceled): RejectionReason.job_final,
     ("force-cancel", JobStatus.finished): RejectionReason.job_final,
     ("force-cancel", JobStatus.canceled): RejectionReason.job_final,
+    ("start", JobStatus.failed): RejectionReason.job_final,
+    ("finish", JobStatus.failed): RejectionReason.job_final,
+    ("cancel", JobStatus.failed): RejectionReason.job_final,
+    ("force-cancel", JobStatus.failed): RejectionReason.job_final,
+    ("fail", JobStatus.finished): RejectionReason.job_final,
+    ("fail", JobStatus.canceled): RejectionReason.job_final,
+    ("fail", JobStatus.failed): RejectionReason.job_final,
+    ("begin", JobStatus.started): RejectionReason.job_started,
+    ("begin", JobStatus.finished): RejectionReason.job_final,
+    ("begin", JobStatus.canceled): RejectionReason.job_final,
+    ("begin", JobStatus.failed): RejectionReason.job_final,
 }
 
 
@@ -189,6 +206,7 @@ def test_create_a_new_job() -> None:
         updated_at=NOW,
         correlation_id="corr-1",
         reason=None,
+        request_digest=jobs.request_digest(command),
     )
 
 
@@ -253,11 +271,12 @@ def test_a_conflicting_create_is_refused_in_every_status(
 
 @pytest.mark.parametrize("status", list(JobStatus))
 def test_is_final(status: JobStatus) -> None:
-    assert a_job(status).is_final is (status in {JobStatus.finished, JobStatus.canceled})
+    final = {JobStatus.finished, JobStatus.canceled, JobStatus.failed}
+    assert a_job(status).is_final is (status in final)
 
 
 def test_final_statuses() -> None:
-    assert frozenset({JobStatus.finished, JobStatus.canceled}) == FINAL_STATUSES
+    assert frozenset({JobStatus.finished, JobStatus.canceled, JobStatus.failed}) == FINAL_STATUSES
 
 
 def test_priority_rank_puts_high_first_and_covers_every_priority() -> None:
@@ -265,3 +284,178 @@ def test_priority_rank_puts_high_first_and_covers_every_priority() -> None:
     assert (
         PRIORITY_RANK[Priority.high] < PRIORITY_RANK[Priority.medium] < PRIORITY_RANK[Priority.low]
     )
+
+
+# --- what a create asks the printer for ---------------------------------------------------------
+
+PDF_B64 = "JVBERi0xLjQK"  # "%PDF-1.4\n"
+
+
+def test_create_keeps_the_print_request() -> None:
+    command = a_create(
+        title="Quarterly report",
+        copies=3,
+        document={"contentType": "application/pdf", "data": PDF_B64},
+        options={"sides": "two-sided-long-edge", "pageRanges": [{"start": 1, "end": 2}]},
+        expireAfter="2024-05-01T13:00:00Z",
+    )
+
+    job = jobs.create(None, command, queue_id=QUEUE, correlation_id="c", now=NOW)
+
+    assert isinstance(job, Job)
+    assert job.title == "Quarterly report"
+    assert job.display_title == "Quarterly report"
+    assert job.copies == 3
+    assert job.options == command.options
+    assert job.document == jobs.DocumentRef(content_type="application/pdf", size=9)
+    assert job.expire_at == datetime(2024, 5, 1, 13, 0, tzinfo=UTC)
+
+
+def test_a_url_document_is_kept_as_its_url() -> None:
+    url = "https://files.example.com/a.pdf"
+    command = a_create(document={"contentType": "application/pdf", "url": url})
+
+    job = jobs.create(None, command, queue_id=QUEUE, correlation_id="c", now=NOW)
+
+    assert isinstance(job, Job)
+    assert job.document == jobs.DocumentRef(content_type="application/pdf", url=url)
+
+
+@pytest.mark.parametrize(
+    ("fields", "title"),
+    [
+        ({"title": "T", "documentName": "d.pdf"}, "T"),
+        ({"documentName": "d.pdf"}, "d.pdf"),
+        ({}, JOB_ID),
+    ],
+    ids=["title", "documentName", "neither"],
+)
+def test_display_title(fields: dict[str, Any], title: str) -> None:
+    job = jobs.create(None, a_create(**fields), queue_id=QUEUE, correlation_id="c", now=NOW)
+
+    assert isinstance(job, Job)
+    assert job.display_title == title
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"copies": 2},
+        {"options": {"quality": "high"}},
+        {"title": "other"},
+        {"expireAfter": "2030-01-01T00:00:00Z"},
+    ],
+)
+def test_a_create_that_differs_in_any_print_field_conflicts(changed: dict[str, Any]) -> None:
+    original = jobs.create(None, a_create(), queue_id=QUEUE, correlation_id="c", now=NOW)
+    assert isinstance(original, Job)
+
+    result = jobs.create(original, a_create(**changed), queue_id=QUEUE, correlation_id="d", now=NOW)
+
+    assert isinstance(result, Refusal)
+    assert result.reason is RejectionReason.job_conflict
+
+
+def test_the_same_create_after_an_update_is_still_a_repeat() -> None:
+    command = a_create(priority="low")
+    original = jobs.create(None, command, queue_id=QUEUE, correlation_id="c", now=NOW)
+    assert isinstance(original, Job)
+    updated = jobs.update(original, UpdatePrintJob(jobId=JOB_ID, priority=Priority.high), now=NOW)
+    assert not isinstance(updated, Refusal)
+
+    assert jobs.create(updated[0], command, queue_id=QUEUE, correlation_id="c", now=NOW) is None
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+
+def test_begin_cancels_a_job_past_its_expiry() -> None:
+    job = a_job(JobStatus.created, expire_at=NOW - timedelta(seconds=1))
+
+    result = jobs.begin(job, now=NOW)
+
+    assert isinstance(result, Job)
+    assert (result.status, result.reason) == (JobStatus.canceled, "expired")
+
+
+def test_begin_starts_a_job_before_its_expiry() -> None:
+    result = jobs.begin(a_job(JobStatus.created, expire_at=NOW + timedelta(seconds=1)), now=NOW)
+
+    assert isinstance(result, Job)
+    assert result.status is JobStatus.started
+
+
+@pytest.mark.parametrize(
+    ("status", "expire_at", "reason"),
+    [
+        (JobStatus.created, NOW + timedelta(seconds=1), RejectionReason.job_conflict),
+        (JobStatus.created, None, RejectionReason.job_conflict),
+        (JobStatus.started, NOW - timedelta(seconds=1), RejectionReason.job_started),
+        (JobStatus.finished, NOW - timedelta(seconds=1), RejectionReason.job_final),
+    ],
+    ids=["not-yet", "no-expiry", "started", "final"],
+)
+def test_expire_only_a_waiting_job_past_its_time(
+    status: JobStatus, expire_at: datetime | None, reason: RejectionReason
+) -> None:
+    result = jobs.expire(a_job(status, expire_at=expire_at), now=NOW)
+
+    assert isinstance(result, Refusal)
+    assert result.reason is reason
+
+
+# --- update ---------------------------------------------------------------------------------------
+
+
+def test_update_changes_priority_and_options_of_a_waiting_job() -> None:
+    job = a_job(JobStatus.created)
+    command = UpdatePrintJob.model_validate(
+        {"jobId": JOB_ID, "priority": "high", "options": {"colorMode": "monochrome"}}
+    )
+
+    result = jobs.update(job, command, now=NOW)
+
+    assert not isinstance(result, Refusal)
+    updated, fields = result
+    assert fields == ["priority", "options"]
+    assert updated.priority is Priority.high
+    assert updated.options == command.options
+    assert updated.sequence == SEQUENCE + 1
+    assert (updated.status, updated.created_at) == (JobStatus.created, job.created_at)
+
+
+def test_update_of_options_only_keeps_the_priority() -> None:
+    command = UpdatePrintJob.model_validate({"jobId": JOB_ID, "options": {"sides": "one-sided"}})
+
+    result = jobs.update(a_job(JobStatus.created), command, now=NOW)
+
+    assert not isinstance(result, Refusal)
+    assert result[0].priority is Priority.low
+    assert result[1] == ["options"]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (JobStatus.started, RejectionReason.job_started),
+        (JobStatus.finished, RejectionReason.job_final),
+        (JobStatus.canceled, RejectionReason.job_final),
+        (JobStatus.failed, RejectionReason.job_final),
+    ],
+)
+def test_update_of_a_job_that_has_started_or_ended_is_refused(
+    status: JobStatus, reason: RejectionReason
+) -> None:
+    result = jobs.update(
+        a_job(status), UpdatePrintJob(jobId=JOB_ID, priority=Priority.high), now=NOW
+    )
+
+    assert isinstance(result, Refusal)
+    assert result.reason is reason
+
+
+def test_an_update_that_changes_nothing_is_refused() -> None:
+    result = jobs.update(a_job(JobStatus.created), UpdatePrintJob(jobId=JOB_ID), now=NOW)
+
+    assert isinstance(result, Refusal)
+    assert result.reason is RejectionReason.schema_violation

@@ -254,3 +254,45 @@ def test_a_resumed_job_goes_back_to_its_printer_before_any_priority() -> None:
     scheduler.push(a_job("was-printing", priority=Priority.low, age=50), resume=True)
     scheduler.push(a_job("later-high", priority=Priority.high, age=100))
     assert drain(scheduler) == ["was-printing", "high", "later-high"]
+
+
+# --- lanes and re-prioritising --------------------------------------------------------------
+
+
+def test_a_lane_takes_jobs_of_several_queues_in_one_order() -> None:
+    waiting = WaitingJobs()
+    waiting.push(a_job("late", queue="qa", age=2), lane="pool")
+    waiting.push(a_job("early", queue="qb", age=1), lane="pool")
+
+    assert waiting.waiting_in("pool") == 2
+    assert waiting.waiting_in("qa") == 0
+    assert [waiting.pop("pool"), waiting.pop("pool"), waiting.pop("pool")] == [
+        "early",
+        "late",
+        None,
+    ]
+    assert waiting.waiting_in("pool") == 0
+
+
+def test_a_job_pushed_again_with_a_new_priority_is_popped_once_in_its_new_place() -> None:
+    waiting = WaitingJobs()
+    job = a_job("moved", priority=Priority.low, age=0)
+    waiting.push(job)
+    waiting.push(a_job("other", priority=Priority.medium, age=1))
+
+    waiting.remove("moved")
+    waiting.push(dataclasses.replace(job, priority=Priority.high))
+
+    assert [waiting.pop("q1"), waiting.pop("q1"), waiting.pop("q1")] == ["moved", "other", None]
+
+
+def test_waiting_in_counts_pushes_pops_and_removals() -> None:
+    waiting = WaitingJobs()
+    for n in range(5):
+        waiting.push(a_job(f"j{n}", age=n))
+    waiting.push(a_job("j0"))  # already waiting: no second entry
+    waiting.remove("j3")
+    waiting.remove("j3")
+    waiting.pop("q1")
+
+    assert waiting.waiting_in("q1") == 3 == len(waiting)

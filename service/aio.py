@@ -1,0 +1,19 @@
+"""Small asyncio helpers the background loops share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["first_of"]
+
+
+async def first_of(*waits: Coroutine[Any, Any, object]) -> None:
+    """Wait for the first of several coroutines; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
