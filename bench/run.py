@@ -30,7 +30,7 @@ from typing import Any
 import aio_pika
 import aiomqtt
 
-from service.adapters.amqp import message_body
+from service.adapters.amqp import EVENTS_EXCHANGE, EVENTS_QUEUE, QUEUE_ARGUMENTS, message_body
 from service.config import BrokerUrl
 from tests.faults.tools import service_env
 from tests.integration.brokers import private_mosquitto, reachable
@@ -96,11 +96,17 @@ class Timings:
 
 
 async def consume(timings: Timings) -> aio_pika.abc.AbstractConnection:
+    """Consume `events/jobs` itself, emptied first: each system starts from the same broker
+    state, not behind the events the previous run left there."""
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=2000)
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind("print.events", "#")
+    exchange = await channel.declare_exchange(
+        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue(EVENTS_QUEUE, durable=True, arguments=QUEUE_ARGUMENTS)
+    await queue.bind(exchange, "#")
+    await queue.purge()
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         event = json.loads(message_body(message))

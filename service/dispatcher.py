@@ -422,13 +422,13 @@ class PrintDispatcher:
         tx.durable.add_done_callback(lambda done: self._check_commit(done, job_id))
         self._metrics.jobs.labels(job.status.value).dec()
         self._metrics.jobs.labels(result.status.value).inc()
-        with structlog.contextvars.bound_contextvars(
-            correlation_id=job.correlation_id, job_id=job_id, queue_id=job.queue_id
-        ):
-            log.info(
-                "job_status_changed",
-                status=result.status.value,
-                sequence=result.sequence,
-                reason=result.reason,
-            )
+        log.info(
+            "job_status_changed",
+            status=result.status.value,
+            sequence=result.sequence,
+            reason=result.reason,
+            correlation_id=job.correlation_id,
+            job_id=job_id,
+            queue_id=job.queue_id,
+        )
         return result

@@ -6,10 +6,12 @@ raises for bad input: every command that cannot be applied becomes a `commandRej
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 
@@ -43,6 +45,15 @@ class _Step:
     now: datetime
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
+    def ids(self) -> dict[str, str | None]:
+        """What every log line about this command carries (passed, not bound: cheaper)."""
+        command = self.command
+        return {
+            "correlation_id": command.correlation_id,
+            "job_id": command.job_id,
+            "queue_id": command.queue_id,
+        }
+
 
 class CommandHandler:
     def __init__(
@@ -60,57 +71,56 @@ class CommandHandler:
         self._dispatcher = dispatcher
         self._metrics = metrics
 
-    async def handle(self, inbounds: Sequence[Inbound]) -> None:
-        """Apply a batch of commands in one transaction; returns once it is committed.
+    async def handle(self, inbounds: Sequence[Inbound]) -> asyncio.Future[None]:
+        """Apply a batch of commands in one transaction; returns when it is applied, with a
+        future that resolves once it is committed (its effects on the service run then).
 
-        One commit for many commands is what keeps durability cheap under load. A bug hit
-        by one command must not cost the others: the batch is then applied one by one, and
-        the command that fails is answered with `internal_error`. A `StoreError` is not
-        answered: it propagates, nothing is acknowledged, and the broker delivers again.
+        One commit for many commands is what keeps durability cheap under load, and not
+        waiting for it lets the next batch be applied while this one is being committed. A
+        bug hit by one command must not cost the others: the batch is then applied one by
+        one, and the command that fails is answered with `internal_error`. A `StoreError` is
+        not answered: it propagates (or fails the future), nothing is acknowledged, and the
+        broker delivers again.
         """
         decoded = [self._decoder.decode(inbound) for inbound in inbounds]
         try:
-            await self._apply(decoded)
+            return await self._apply(decoded)
         except StoreError:
             raise
         except Exception:  # noqa: BLE001 - a bug in one command; found and answered below
-            if len(decoded) > 1:
-                for one in decoded:
-                    await self.handle_one(one)
-                return
-            await self.handle_one(decoded[0])
+            for one in decoded:
+                await self.handle_one(one)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
 
     async def handle_one(self, decoded: DecodedCommand | Rejection) -> None:
+        """Apply one command and wait for its commit; a bug is answered with `internal_error`."""
         try:
-            await self._apply([decoded])
+            await (await self._apply([decoded]))
         except StoreError:
             raise
         except Exception:
             log.exception("command_failed", correlation_id=decoded.correlation_id)
             if isinstance(decoded, DecodedCommand):
                 decoded = _refused(decoded, RejectionReason.internal_error, "the command failed")
-            await self._apply([decoded])
+            await (await self._apply([decoded]))
 
-    async def _apply(self, commands: Sequence[DecodedCommand | Rejection]) -> None:
+    async def _apply(self, commands: Sequence[DecodedCommand | Rejection]) -> asyncio.Future[None]:
         after_commit: list[Callable[[], None]] = []
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(wait=False) as tx:
             now = datetime.now(UTC)
             for command in commands:
-                with structlog.contextvars.bound_contextvars(
-                    correlation_id=command.correlation_id,
-                    job_id=command.job_id,
-                    queue_id=command.queue_id,
-                ):
-                    if isinstance(command, Rejection):
-                        self._emit_rejection(tx, command, after_commit)
-                        continue
-                    step = _Step(tx=tx, command=command, now=now, after_commit=after_commit)
-                    outcome = await self._apply_one(step)
-                    after_commit.append(
-                        self._metrics.commands.labels(command.message_type.value, outcome).inc
-                    )
-        for effect in after_commit:
-            effect()
+                if isinstance(command, Rejection):
+                    self._emit_rejection(tx, command, after_commit)
+                    continue
+                step = _Step(tx=tx, command=command, now=now, after_commit=after_commit)
+                outcome = await self._apply_one(step)
+                after_commit.append(
+                    self._metrics.commands.labels(command.message_type.value, outcome).inc
+                )
+        tx.durable.add_done_callback(partial(_run_after_commit, after_commit))
+        return tx.durable
 
     async def _apply_one(self, step: _Step) -> str:
         message = step.command.message
@@ -137,7 +147,7 @@ class CommandHandler:
             now=step.now,
         )
         if result is None:
-            log.info("duplicate_create_ignored")
+            log.info("duplicate_create_ignored", **step.ids())
             return "duplicate"
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
@@ -147,7 +157,7 @@ class CommandHandler:
         step.tx.emit(_event(result, command))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
         step.after_commit.append(self._metrics.jobs.labels(JobStatus.created.value).inc)
-        log.info("job_created", priority=result.priority.value)
+        log.info("job_created", priority=result.priority.value, **step.ids())
         return "accepted"
 
     def _cancel(self, step: _Step, message: CancelPrintJob, job: jobs.Job | None) -> str:
@@ -161,7 +171,7 @@ class CommandHandler:
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
         step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
-        log.info("job_canceled", force=message.force, was=job.status.value)
+        log.info("job_canceled", force=message.force, was=job.status.value, **step.ids())
         return "accepted"
 
     def _update(self, step: _Step, message: UpdatePrintJob, job: jobs.Job | None) -> str:
@@ -174,7 +184,7 @@ class CommandHandler:
         step.tx.put(updated)
         step.tx.emit(_event(updated, step.command, updated=fields))
         step.after_commit.append(lambda: self._dispatcher.reprioritize(updated))
-        log.info("job_updated", fields=fields, priority=updated.priority.value)
+        log.info("job_updated", fields=fields, priority=updated.priority.value, **step.ids())
         return "accepted"
 
     def _status(self, step: _Step, job: jobs.Job | None) -> str:
@@ -216,12 +226,25 @@ class CommandHandler:
         after_commit.append(self._metrics.commands.labels(label, "rejected").inc)
 
 
+def _run_after_commit(effects: list[Callable[[], None]], durable: asyncio.Future[None]) -> None:
+    if durable.cancelled() or durable.exception() is not None:
+        return  # not committed: the commands are delivered again
+    for effect in effects:
+        try:
+            effect()
+        except Exception:
+            log.exception("after_commit_failed")
+
+
 def _log_rejection(rejection: Rejection) -> None:
     log.warning(
         "command_rejected",
         reason=rejection.reason.value,
         detail=rejection.message,
         message_type=rejection.message_type,
+        correlation_id=rejection.correlation_id,
+        job_id=rejection.job_id,
+        queue_id=rejection.queue_id,
     )
 
 

@@ -1,8 +1,9 @@
 """Structured logging: JSON lines when not on a terminal, readable colours when on one.
 
-Per-message context (correlation id, job id, queue id) is bound with
-`structlog.contextvars.bound_contextvars` where a message is handled, and reaches every line
-logged inside, including those of the libraries, which go through the same processors.
+Per-job lines carry their correlation id, job id and queue id as keywords (binding them in
+context variables for each command cost more than the line itself). Context variables bound
+elsewhere still reach every line, including the libraries', which go through the same
+processors.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        # Filter first: a line below the level costs nothing more (it is on the hot path).
         processors=[
-            structlog.stdlib.filter_by_level,
             *_SHARED,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # A call below the level returns at once, before any processor: the per-job lines
+        # are on the hot path.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

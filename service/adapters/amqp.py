@@ -38,6 +38,7 @@ __all__ = [
     "EVENTS_EXCHANGE",
     "EVENTS_QUEUE",
     "MESSAGE_TTL_S",
+    "QUEUE_ARGUMENTS",
     "REJECTIONS_EXCHANGE",
     "REJECTIONS_QUEUE",
     "AmqpPublisher",
@@ -50,7 +51,7 @@ EVENTS_EXCHANGE: Final = "print.events"
 REJECTIONS_EXCHANGE: Final = "print.rejections"
 EVENTS_QUEUE: Final = "events/jobs"
 REJECTIONS_QUEUE: Final = "events/rejections"
-QUEUE_ARGUMENTS: Final = {"x-max-priority": 10}
+QUEUE_ARGUMENTS: Final[FieldTable] = {"x-max-priority": 10}
 # The operation binding of `printJobEvent` and `commandRejection` in asyncapi.yaml.
 MESSAGE_TTL_S: Final = 60
 PRIORITY: Final = 10
@@ -159,7 +160,7 @@ class AmqpPublisher:
         exchange = self._exchanges.get(message.kind)
         if exchange is None:
             raise ConnectionError("the AMQP publisher is not connected")
-        body = gzip.compress(message.body, compresslevel=5) if self._gzip else message.body
+        body = gzip.compress(message.body, compresslevel=1) if self._gzip else message.body
         await exchange.publish(
             aio_pika.Message(
                 body,

@@ -17,6 +17,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import aiomqtt
@@ -42,7 +43,11 @@ MAX_BACKOFF_S: Final = 30.0
 GROUP_DRAIN_QUIET_S: Final = 0.5
 GROUP_DRAIN_MAX_S: Final = 5.0
 
-Handler = Callable[[Sequence[Inbound]], Awaitable[None]]
+# Applies a batch of commands; what it returns resolves once the batch is committed.
+Handler = Callable[[Sequence[Inbound]], Awaitable[Awaitable[None]]]
+# Batches applied and waiting for their commit at once: the next batch is applied while
+# the previous ones are committed (one fsync may serve several).
+BATCHES_COMMITTING: Final = 4
 
 
 class MqttIngress:
@@ -152,15 +157,23 @@ class MqttIngress:
         self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
     ) -> None:
         finished = asyncio.Event()
-        consumer = asyncio.create_task(self._consume(client, handle, finished))
+        committing: asyncio.Queue[_Committing | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(BATCHES_COMMITTING)
+        consumer = asyncio.create_task(self._consume(client, handle, finished, committing, slots))
+        acker = asyncio.create_task(_ack_in_order(client, committing, slots))
         watcher = asyncio.create_task(self._finish(client, consumer, stopping, finished))
         try:
-            await asyncio.wait({consumer}, return_when=asyncio.ALL_COMPLETED)
+            await asyncio.wait({consumer, acker}, return_when=asyncio.FIRST_COMPLETED)
+            if not acker.done():
+                # Stopped, or the connection failed: acknowledge what is committed first.
+                committing.put_nowait(None)
+                await asyncio.wait({acker})
         finally:
-            watcher.cancel()
-            consumer.cancel()
-        if not consumer.cancelled() and (exc := consumer.exception()) is not None:
-            raise exc
+            for task in (watcher, consumer, acker):
+                task.cancel()
+        for task in (acker, consumer):
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
 
     async def _finish(
         self,
@@ -196,7 +209,12 @@ class MqttIngress:
         log.info("mqtt_left_group", group=self._settings.mqtt_shared_group)
 
     async def _consume(
-        self, client: aiomqtt.Client, handle: Handler, stopping: asyncio.Event
+        self,
+        client: aiomqtt.Client,
+        handle: Handler,
+        stopping: asyncio.Event,
+        committing: asyncio.Queue[_Committing | None],
+        slots: asyncio.Semaphore,
     ) -> None:
         will_topic = self._settings.mqtt_last_will_topic
         batch_size = self._settings.mqtt_batch_size
@@ -205,7 +223,6 @@ class MqttIngress:
             self._handling = True
             self._received += 1
             try:
-                # Take what has already arrived, up to a batch: one commit for all of it.
                 batch = [first]
                 while len(batch) < batch_size and len(messages) > 0:
                     batch.append(await anext(messages))
@@ -216,12 +233,9 @@ class MqttIngress:
                         self._on_will(message)
                     else:
                         commands.append(_inbound(message))
-                if commands:
-                    await handle(commands)
-                # Only now, in the order received: the broker forgets what we acknowledge.
-                for message in batch:
-                    if message.qos > 0:
-                        client._client.ack(message.mid, message.qos)  # noqa: SLF001
+                await slots.acquire()
+                committed = await handle(commands) if commands else _done()
+                committing.put_nowait(_Committing(batch, committed))
             finally:
                 self._handling = False
             if stopping.is_set():
@@ -244,6 +258,40 @@ class MqttIngress:
     def _set_connected(self, *, up: bool) -> None:
         self._connected = up
         self._metrics.broker_up.labels("mqtt").set(1 if up else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Committing:
+    """A batch applied to the store, and what resolves once it is committed."""
+
+    messages: list[aiomqtt.Message]
+    committed: Awaitable[None]
+
+
+async def _ack_in_order(
+    client: aiomqtt.Client,
+    committing: asyncio.Queue[_Committing | None],
+    slots: asyncio.Semaphore,
+) -> None:
+    """Acknowledge each batch once it is committed, in the order received (as MQTT asks).
+
+    A failed commit raises here: nothing after it is acknowledged, and the broker delivers
+    it all again on the next connection.
+    """
+    while (batch := await committing.get()) is not None:
+        try:
+            await batch.committed
+        finally:
+            slots.release()
+        for message in batch.messages:
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+
+
+def _done() -> asyncio.Future[None]:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 def _inbound(message: aiomqtt.Message) -> Inbound:

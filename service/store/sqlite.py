@@ -1,14 +1,18 @@
-"""The durable embedded store: SQLite in WAL mode, with group commit.
+"""The durable embedded store: SQLite in WAL mode, with group commit off the event loop.
 
-A transaction buffers its writes; on exit they are applied to the open database transaction
-inside a savepoint, and the transaction then waits for the next commit. One committer task
-commits whatever has been applied since the last commit (after a pause of `commit_delay`
-that lets concurrent work join it), in a worker thread (an fsync must not stall the event
-loop), and wakes every waiter at once: under load, many commands share one fsync, and each
-still returns only once its own effect is durable.
+A transaction buffers its writes and, on exit, joins the batch waiting for the committer; it
+never waits for a lock. The committer takes the whole batch after a pause of `commit_delay`
+(which lets concurrent work join it), then writes and commits it in a worker thread: under
+load, many commands share one fsync, the loop never waits for the disk, and a transaction
+that asks to wait returns only once its own effect is durable.
 
-The relay only sees outbox rows that are committed (`position <= committed`), so no message
-is ever published for a change that could still be rolled back.
+Reads use a second connection, which sees only committed data, under an overlay of the jobs
+and documents written by batches not yet committed, so a transaction reads the latest
+writes at once. Every read returns without suspending: with one event loop, a transaction
+that reads and then writes is atomic.
+
+The relay only sees outbox rows that are committed, so no message is ever published for a
+change that could still be rolled back.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -105,7 +110,7 @@ class _Transaction:
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id) or await self._store.get(job_id)
+        return self.jobs.get(job_id) or self._store.read_job(job_id)
 
     def put(self, job: Job) -> None:
         self.jobs[job.job_id] = job
@@ -114,10 +119,38 @@ class _Transaction:
         self.documents[job_id] = data
 
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
-        return await self._store.counts(queue_id)
+        return self._store.read_counts(queue_id)
 
     def emit(self, message: Outgoing) -> None:
         self.messages.append(message)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Transactions to be written and committed together, as rows ready for the database."""
+
+    jobs: list[Job] = field(default_factory=list)
+    job_rows: list[Row] = field(default_factory=list)
+    history_rows: list[Row] = field(default_factory=list)
+    documents: list[tuple[str, bytes]] = field(default_factory=list)
+    dropped_documents: list[tuple[str]] = field(default_factory=list)
+    outbox_rows: list[Row] = field(default_factory=list)
+    sent: list[tuple[int]] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def add(self, tx: _Transaction) -> None:
+        now = time.time()
+        for job in tx.jobs.values():
+            self.jobs.append(job)
+            self.job_rows.append(job_row(job, _iso))
+            self.history_rows.append(history_row(job, _iso))
+            if job.is_final and job.document is not None and job.document.url is None:
+                # A document is kept only as long as its job may still print it.
+                self.dropped_documents.append((job.job_id,))
+        self.documents.extend(tx.documents.items())
+        self.outbox_rows.extend(outbox_row(message, now) for message in tx.messages)
+        self.sent.extend((position,) for position in tx.sent)
+        self.waiters.append(tx.durable)
 
 
 class SqliteStore:
@@ -127,13 +160,13 @@ class SqliteStore:
         self._path = path
         self._synchronous = synchronous
         self._commit_delay = commit_delay
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._in_transaction = False
-        self._waiters: list[asyncio.Future[None]] = []
-        self._applied_position = 0
+        self._writer: sqlite3.Connection | None = None  # the committer's, in its thread
+        self._reader: sqlite3.Connection | None = None  # the event loop's
+        self._batch = _Batch()
+        # What batches not yet committed wrote: reads see it before the database.
+        self._unsaved_jobs: dict[str, Job] = {}
+        self._unsaved_documents: dict[str, bytes] = {}
         self._committed_position = 0
-        self._depth_applied = 0
         self._depth = 0
         self._dirty = asyncio.Event()
         self._closing = False
@@ -148,20 +181,22 @@ class SqliteStore:
     async def open(self) -> None:
         """Open (creating if needed), apply pending migrations, start the committer."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        self._conn = conn
-        self._migrate(conn)
-        self._committed_position = self._applied_position = conn.execute(
+        writer = self._connect()
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._migrate(writer)
+        self._writer, self._reader = writer, self._connect()
+        self._committed_position = writer.execute(
             "SELECT COALESCE(MAX(position), 0) FROM outbox"
         ).fetchone()[0]
-        self._depth = self._depth_applied = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[
-            0
-        ]
+        self._depth = writer.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._committer = asyncio.create_task(self._commit_loop(), name="store-committer")
         log.info("store_opened", path=str(self._path), outbox_depth=self._depth)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -188,29 +223,15 @@ class SqliteStore:
     async def close(self) -> None:
         if self._committer is not None:
             # Not cancelled: a commit running in the worker thread must finish before the
-            # connection is touched again. The loop ends after its current round.
+            # connections are closed. What is still batched is committed first, not lost.
             self._closing = True
             self._dirty.set()
             await self._committer
             self._committer = None
-        if self._conn is not None:
-            async with self._lock:
-                # What was applied but not yet committed is committed now, not lost.
-                waiters, self._waiters = self._waiters, []
-                if self._in_transaction:
-                    self._conn.execute("COMMIT")
-                    self._in_transaction = False
-                    self._committed_position = self._applied_position
-                    self._depth = self._depth_applied
-                _resolve(waiters, None)
-                self._conn.close()
-                self._conn = None
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("the store is not open")
-        return self._conn
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
 
     @property
     def outbox_depth(self) -> int:
@@ -226,42 +247,50 @@ class SqliteStore:
         if not (tx.jobs or tx.messages or tx.sent or tx.documents):
             tx.durable.set_result(None)
             return
-        async with self._lock:
-            self._apply(tx)
-            self._waiters.append(tx.durable)
-            self._dirty.set()
+        if self._writer is None or self._closing:
+            raise StoreError("the store is not open")
+        self._batch.add(tx)
+        self._unsaved_jobs.update(tx.jobs)
+        self._unsaved_documents.update(tx.documents)
+        self._dirty.set()
         if wait:
             await tx.durable
 
-    async def get(self, job_id: str) -> Job | None:
-        async with self._lock:
-            row = self._read(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?",  # noqa: S608 - constant columns
-                (job_id,),
-            )
+    def read_job(self, job_id: str) -> Job | None:
+        if (job := self._unsaved_jobs.get(job_id)) is not None:
+            return job
+        row = self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?",  # noqa: S608 - constant columns
+            (job_id,),
+        )
         return job_from_row(row[0]) if row else None
 
-    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
-        async with self._lock:
-            rows = self._read(
-                "SELECT status, COUNT(*) FROM jobs WHERE queue_id = ? GROUP BY status",
-                (queue_id,),
-            )
+    def read_counts(self, queue_id: str) -> dict[JobStatus, int]:
+        """Committed jobs only: a batch not yet committed joins the counts a moment later."""
+        rows = self._read(
+            "SELECT status, COUNT(*) FROM jobs WHERE queue_id = ? GROUP BY status", (queue_id,)
+        )
         return {JobStatus(status): count for status, count in rows}
 
+    async def get(self, job_id: str) -> Job | None:
+        return self.read_job(job_id)
+
+    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
+        return self.read_counts(queue_id)
+
     async def document(self, job_id: str) -> bytes | None:
-        async with self._lock:
-            rows = self._read("SELECT data FROM documents WHERE job_id = ?", (job_id,))
+        if (data := self._unsaved_documents.get(job_id)) is not None:
+            return data
+        rows = self._read("SELECT data FROM documents WHERE job_id = ?", (job_id,))
         return bytes(rows[0][0]) if rows else None
 
     async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
         # One writer: positions are assigned in commit order, so `after` is safe here.
-        async with self._lock:
-            rows = self._read(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox "  # noqa: S608
-                "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
-                (after, self._committed_position, limit),
-            )
+        rows = self._read(
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox "  # noqa: S608
+            "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
+            (after, self._committed_position, limit),
+        )
         return [OutboxRecord(row[0], outgoing_from_row(row), row[-1]) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
@@ -271,107 +300,103 @@ class SqliteStore:
             tx.sent.extend(positions)
 
     async def waiting_jobs(self) -> Sequence[Job]:
-        async with self._lock:
-            rows = self._read(
-                f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
-                "WHERE status IN ('created', 'started') ORDER BY created_at",
-                (),
-            )
-        return [job_from_row(row) for row in rows]
+        rows = self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
+            "WHERE status IN ('created', 'started') ORDER BY created_at",
+            (),
+        )
+        found = {job.job_id: job for job in map(job_from_row, rows)}
+        for job_id, job in self._unsaved_jobs.items():
+            found.pop(job_id, None)
+            if not job.is_final:
+                found[job_id] = job
+        return sorted(found.values(), key=lambda job: job.created_at)
 
     def _read(self, sql: str, params: Row) -> list[Row]:
+        if self._reader is None:
+            raise StoreError("the store is not open")
         try:
-            return self.conn.execute(sql, params).fetchall()
+            return self._reader.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {exc}") from exc
 
-    def _apply(self, tx: _Transaction) -> None:
-        conn = self.conn
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            # A short pause before committing lets the work of this moment join the commit,
+            # so one fsync serves many changes.
+            await asyncio.sleep(self._commit_delay)
+            self._dirty.clear()
+            batch, self._batch = self._batch, _Batch()
+            if batch.waiters:
+                await self._commit(batch)
+            if self._closing and not self._batch.waiters:
+                return
+
+    async def _commit(self, batch: _Batch) -> None:
         try:
-            if not self._in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-                self._in_transaction = True
-            conn.execute("SAVEPOINT tx")
+            last_position = await asyncio.to_thread(self._write, batch)
         except sqlite3.Error as exc:
             self.healthy = False
-            raise StoreError(f"store cannot begin a write: {exc}") from exc
+            log.exception("store_commit_failed", waiting=len(batch.waiters))
+            self._forget(batch)
+            _resolve(batch.waiters, StoreError(f"store commit failed: {exc}"))
+            return
+        self.commits += 1
+        self.healthy = True
+        self._committed_position = max(self._committed_position, last_position)
+        self._depth += len(batch.outbox_rows) - len(batch.sent)
+        self._forget(batch)
+        _resolve(batch.waiters, None)
+        for listener in self._listeners:
+            listener()
+
+    def _forget(self, batch: _Batch) -> None:
+        """Reads go to the database again for what `batch` wrote (unless written since)."""
+        for job in batch.jobs:
+            if self._unsaved_jobs.get(job.job_id) is job:
+                del self._unsaved_jobs[job.job_id]
+        for job_id, data in batch.documents:
+            if self._unsaved_documents.get(job_id) is data:
+                del self._unsaved_documents[job_id]
+
+    def _write(self, batch: _Batch) -> int:
+        """Write and commit `batch` (in the committer's thread); returns the last outbox
+        position it used."""
+        conn = self._writer
+        if conn is None:
+            raise sqlite3.OperationalError("the store is closed")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            now = time.time()
-            for job in tx.jobs.values():
-                conn.execute(
-                    f"INSERT INTO jobs ({JOB_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    f"ON CONFLICT (job_id) DO UPDATE SET {JOB_UPDATES}",
-                    job_row(job, _iso),
-                )
-                if job.is_final and job.document is not None and job.document.url is None:
-                    # A document is kept only as long as its job may still print it.
-                    conn.execute("DELETE FROM documents WHERE job_id = ?", (job.job_id,))
-                conn.execute(
-                    "INSERT OR IGNORE INTO job_history VALUES (?, ?, ?, ?, ?)",
-                    history_row(job, _iso),
-                )
-            if tx.documents:
+            # Documents first: a job made and finished within one batch drops its own.
+            conn.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?)", batch.documents)
+            conn.executemany(
+                f"INSERT INTO jobs ({JOB_COLUMNS}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT (job_id) DO UPDATE SET {JOB_UPDATES}",
+                batch.job_rows,
+            )
+            conn.executemany("DELETE FROM documents WHERE job_id = ?", batch.dropped_documents)
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_history VALUES (?, ?, ?, ?, ?)", batch.history_rows
+            )
+            last_position = 0
+            if batch.outbox_rows:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO documents VALUES (?, ?)", list(tx.documents.items())
-                )
-            position = self._applied_position
-            for message in tx.messages:
-                cursor = conn.execute(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    outbox_row(message, now),
+                    batch.outbox_rows,
                 )
-                position = max(position, cursor.lastrowid or 0)
-            if tx.sent:
-                conn.executemany("DELETE FROM outbox WHERE position = ?", [(p,) for p in tx.sent])
-            conn.execute("RELEASE tx")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK TO tx")
-            conn.execute("RELEASE tx")
-            self.healthy = False
-            raise StoreError(f"store write failed: {exc}") from exc
-        self._applied_position = position
-        self._depth_applied += len(tx.messages) - len(tx.sent)
-
-    async def _commit_loop(self) -> None:
-        while not self._closing:
-            await self._dirty.wait()
-            # SQLite has one writer, and a commit holds it through the fsync: nothing can be
-            # applied meanwhile. A short pause before committing lets the work of this
-            # moment join the commit, so one fsync serves many changes.
-            await asyncio.sleep(self._commit_delay)
-            async with self._lock:
-                self._dirty.clear()
-                waiters, self._waiters = self._waiters, []
-                if not self._in_transaction:
-                    _resolve(waiters, None)
-                    continue
-                try:
-                    await asyncio.to_thread(self.conn.execute, "COMMIT")
-                except sqlite3.Error as exc:
-                    error = StoreError(f"store commit failed: {exc}")
-                    self._rollback()
-                    self.healthy = False
-                    log.exception("store_commit_failed", waiting=len(waiters))
-                    _resolve(waiters, error)
-                    continue
-                finally:
-                    self._in_transaction = False
-                self.commits += 1
-                self.healthy = True
-                self._committed_position = self._applied_position
-                self._depth = self._depth_applied
-                _resolve(waiters, None)
-                for listener in self._listeners:
-                    listener()
-
-    def _rollback(self) -> None:
-        # SQLite may have rolled back already (SQLITE_FULL does).
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.execute("ROLLBACK")
-        self._applied_position = self._committed_position
-        self._depth_applied = self._depth
+                # One writer and AUTOINCREMENT: the batch's rows are the last positions.
+                last_position = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            conn.executemany("DELETE FROM outbox WHERE position = ?", batch.sent)
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back already (SQLITE_FULL does).
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return int(last_position)
 
 
 def _resolve(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
