@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -14,6 +14,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # Memory, CPU and open files of this process (process_*), as the default registry has.
+        ProcessCollector(registry=registry)
         self.commands = Counter(
             "print_commands_received_total",
             "Commands received, by message type and outcome.",
@@ -51,6 +53,16 @@ class Metrics:
         self.outbox_depth = Gauge(
             "print_outbox_depth",
             "Messages waiting for the AMQP broker's confirm.",
+            registry=registry,
+        )
+        self.mqtt_backlog = Gauge(
+            "print_mqtt_received_backlog",
+            "Commands the MQTT broker has sent that wait in the client to be handled.",
+            registry=registry,
+        )
+        self.mqtt_pauses = Counter(
+            "print_mqtt_receive_pauses_total",
+            "Times the service stopped reading commands because it held MQTT_RECEIVE_MAXIMUM.",
             registry=registry,
         )
         self.outbox_oldest_age = Gauge(

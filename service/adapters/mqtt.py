@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from service.adapters.mqtt_window import ReceiveWindow
 from service.config import Settings
 from service.core.codec import Inbound
 from service.metrics import Metrics
@@ -67,6 +68,9 @@ class MqttIngress:
         self._connected = False
         self._handling = False
         self._received = 0
+        self._messages: aiomqtt.client.MessagesIterator | None = None
+        self._window: ReceiveWindow | None = None
+        metrics.mqtt_backlog.set_function(self._backlog)
 
     @property
     def connected(self) -> bool:
@@ -149,8 +153,12 @@ class MqttIngress:
             properties=properties,
             tls_params=tls,
         )
-        # The one place we reach into paho: acknowledge after commit, not on receipt.
+        # Where we reach into paho: acknowledge after commit, not on receipt, and read only
+        # as much as the receive window allows (service/adapters/mqtt_window.py).
         client._client.manual_ack_set(on=True)  # noqa: SLF001
+        self._window = ReceiveWindow(
+            client, limit=settings.mqtt_receive_maximum, on_pause=self._metrics.mqtt_pauses.inc
+        )
         return client
 
     async def _consume_until_stopped(
@@ -218,7 +226,7 @@ class MqttIngress:
     ) -> None:
         will_topic = self._settings.mqtt_last_will_topic
         batch_size = self._settings.mqtt_batch_size
-        messages = client.messages
+        messages = self._messages = client.messages
         async for first in messages:
             self._handling = True
             self._received += 1
@@ -227,6 +235,8 @@ class MqttIngress:
                 while len(batch) < batch_size and len(messages) > 0:
                     batch.append(await anext(messages))
                     self._received += 1
+                if self._window is not None:
+                    self._window.taken()
                 commands = []
                 for message in batch:
                     if message.topic.matches(will_topic):
@@ -254,6 +264,9 @@ class MqttIngress:
         else:
             log.warning("peer_last_will", instance=will.instance, detail=will.message)
             self._on_peer_will(will.instance)
+
+    def _backlog(self) -> int:
+        return 0 if self._messages is None else len(self._messages)
 
     def _set_connected(self, *, up: bool) -> None:
         self._connected = up

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from service.app import Service
 from service.config import BrokerUrl
 from tests.conftest import Brokers
 from tests.faults.conftest import Report
@@ -89,6 +90,54 @@ async def test_burst_of_10000_creates_gives_10000_jobs_and_created_events(
     assert lost == 0
     assert events.distinct_events_for_one_change() == 0
     assert events.duplicated("created") == 0
+
+
+async def test_a_flood_waits_in_the_broker_not_in_the_service(
+    start_service: ServiceFactory, brokers: Brokers, report: Report
+):
+    """The service holds at most MQTT_RECEIVE_MAXIMUM received commands, whatever the broker
+    sends (Mosquitto 2.0.11 ignores Receive Maximum once acknowledgements flow)."""
+    limit = 64
+    queue_id = unique("window")
+    job_ids = [f"w-{i}-{uuid.uuid4().hex[:8]}" for i in range(3_000)]
+    async with (
+        start_service(print_duration=0, mqtt_receive_maximum=limit, mqtt_batch_size=16) as service,
+        count_events(brokers.amqp_url, queue_id) as events,
+    ):
+        held: list[float] = []
+
+        async def sample() -> None:
+            while True:
+                held.append(_sample(service, "print_mqtt_received_backlog"))
+                await asyncio.sleep(0.002)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            await publish_burst(brokers.mqtt_url, queue_id, job_ids)
+            await wait_for(
+                lambda: events.jobs_with("created") >= len(job_ids), timeout=120, what="all jobs"
+            )
+        finally:
+            sampler.cancel()
+        pauses = _sample(service, "print_mqtt_receive_pauses_total")
+    report(
+        "receive-window",
+        sent=len(job_ids),
+        created_events=events.jobs_with("created"),
+        limit=limit,
+        most_held=int(max(held)),
+        pauses=int(pauses),
+    )
+    assert events.jobs_with("created") == len(job_ids)
+    assert pauses > 0, "the flood never reached the window: the test proves nothing"
+    # One read of the socket may take a few packets past the limit, never a flood.
+    assert max(held) <= limit + 16
+
+
+def _sample(service: Service, name: str) -> float:
+    value = service.metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
 
 
 async def test_sigkill_mid_burst_loses_nothing_and_creates_nothing_twice(

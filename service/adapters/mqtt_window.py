@@ -1,0 +1,89 @@
+"""Flow control of received MQTT messages, kept by the client when the broker does not.
+
+MQTT 5's Receive Maximum asks the broker to have at most N messages unacknowledged at the
+client. Mosquitto 2.0.11 stops honouring it once acknowledgements flow (`python -m
+bench.receive_maximum` shows it), so in a flood the client's queue grew to tens of thousands
+of commands, each about 7 KB in memory (paho's MQTT 5 `Properties`). This window reads the
+socket only while the client holds fewer than `limit` messages not yet taken; above that it
+stops, and TCP backpressure keeps the rest in the broker's queue, which is made for them.
+
+It replaces aiomqtt's socket reader with one that can pause: aiomqtt has no such hook. The
+reader does what aiomqtt's does (read until the socket has nothing pending, and report a
+read failure as the connection's end), and then checks the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+from paho.mqtt import client as paho_client
+
+__all__ = ["ReceiveWindow"]
+
+
+class ReceiveWindow:
+    """Reads `client`'s socket while it holds fewer than `limit` received messages."""
+
+    def __init__(
+        self, client: aiomqtt.Client, *, limit: int, on_pause: Callable[[], None] = lambda: None
+    ) -> None:
+        self._client = client
+        self._paho: paho_client.Client = client._client  # noqa: SLF001
+        self._limit = limit
+        self._resume_below = max(1, limit // 2)
+        self._loop = asyncio.get_running_loop()
+        self._fd: int | None = None
+        self._paused = False
+        self._on_pause = on_pause
+        aiomqtt_opened = self._paho.on_socket_open
+
+        def on_socket_open(paho: paho_client.Client, userdata: Any, sock: Any) -> None:  # noqa: ANN401
+            if aiomqtt_opened is not None:
+                aiomqtt_opened(paho, userdata, sock)
+            # Called from the thread that connects; aiomqtt schedules its reader the same
+            # way, so ours, scheduled after it, replaces it.
+            self._loop.call_soon_threadsafe(self._take_over, sock.fileno())
+
+        self._paho.on_socket_open = on_socket_open
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def taken(self) -> None:
+        """The consumer took messages: read again once the client holds few enough."""
+        if self._paused and self._held() < self._resume_below:
+            sock = self._paho.socket()
+            if sock is None or sock.fileno() != self._fd:
+                return  # the connection is gone; the next one has a window of its own
+            self._paused = False
+            self._loop.add_reader(self._fd, self._read)
+
+    def _take_over(self, fd: int) -> None:
+        self._fd = fd
+        self._loop.add_reader(fd, self._read)
+
+    def _held(self) -> int:
+        return len(self._client.messages)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._paho.loop_read()
+                # An SSL socket may hold decoded bytes that select() does not report.
+                sock = self._paho.socket()
+                pending = getattr(sock, "pending", None)
+                if pending is None or pending() <= 0:
+                    break
+        except Exception as exc:  # noqa: BLE001 - the connection broke: end it, as aiomqtt does
+            disconnected = self._client._disconnected  # noqa: SLF001
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+            return
+        if self._held() >= self._limit and self._fd is not None:
+            self._paused = True
+            self._on_pause()
+            self._loop.remove_reader(self._fd)
