@@ -1,4 +1,4 @@
-"""The ceiling: MQTT QoS 1 in, three persistent confirmed AMQP publishes out per command.
+"""The ceiling: MQTT 5 QoS 1 in, three persistent confirmed AMQP publishes out per command.
 
 No validation, no state, no store: what this machine's brokers and client libraries allow.
 It publishes what a job's life needs (`created`, `started`, `finished`), to the same
@@ -56,8 +56,12 @@ async def bridge(mqtt_url: str, amqp_url: str, in_flight: int = 256) -> None:
                 await exchange.publish(message, routing_key=f"events/{job_id}")
 
     tasks: set[asyncio.Task[None]] = set()
+    # MQTT 5, as the service speaks by default: the same client-side cost per message.
     async with aiomqtt.Client(
-        url.host, url.port, identifier=f"raw-bridge-{uuid.uuid4().hex[:6]}"
+        url.host,
+        url.port,
+        identifier=f"raw-bridge-{uuid.uuid4().hex[:6]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
     ) as client:
         await client.subscribe("commands/+", qos=1)
         print("ready", flush=True)
