@@ -227,6 +227,8 @@ class MqttIngress:
         will_topic = self._settings.mqtt_last_will_topic
         batch_size = self._settings.mqtt_batch_size
         messages = self._messages = client.messages
+        if self._window is not None:
+            self._window.arm()
         async for first in messages:
             self._handling = True
             self._received += 1

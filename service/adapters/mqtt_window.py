@@ -10,6 +10,10 @@ stops, and TCP backpressure keeps the rest in the broker's queue, which is made 
 It replaces aiomqtt's socket reader with one that can pause: aiomqtt has no such hook. The
 reader does what aiomqtt's does (read until the socket has nothing pending, and report a
 read failure as the connection's end), and then checks the window.
+
+The window holds only once `arm` is called, when the consumer is taking messages: a paused
+reader reads no answers either, and a persistent session's queued commands arrive before
+the answer to our SUBSCRIBE, which would then never be read.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ReceiveWindow:
         self._loop = asyncio.get_running_loop()
         self._fd: int | None = None
         self._paused = False
+        self._armed = False
         self._on_pause = on_pause
         aiomqtt_opened = self._paho.on_socket_open
 
@@ -52,6 +57,10 @@ class ReceiveWindow:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    def arm(self) -> None:
+        """The consumer is taking messages now: hold the window from here on."""
+        self._armed = True
 
     def taken(self) -> None:
         """The consumer took messages: read again once the client holds few enough."""
@@ -83,7 +92,7 @@ class ReceiveWindow:
             if not disconnected.done():
                 disconnected.set_exception(exc)
             return
-        if self._held() >= self._limit and self._fd is not None:
+        if self._armed and self._held() >= self._limit and self._fd is not None:
             self._paused = True
             self._on_pause()
             self._loop.remove_reader(self._fd)

@@ -96,6 +96,33 @@ async def test_commands_published_while_the_service_is_away_are_delivered(
         assert sorted(created) == sorted(job_ids), "each queued command became one job"
 
 
+async def test_more_commands_queued_than_the_service_reads_ahead_are_all_taken(
+    start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
+):
+    """The broker sends a session's queued commands before the answer to SUBSCRIBE: the
+    receive window must not stop reading before the service consumes (it did once, and the
+    service waited for that answer forever)."""
+    client_id = unique("svc-window")
+    settings = {"mqtt_client_id": client_id, "mqtt_session_expiry": 300}
+    async with start_service(**settings, mqtt_receive_maximum=8):
+        pass
+    queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+    listener = Listener(amqp, queue)
+    job_ids = [unique("window") for _ in range(100)]
+    for job_id in job_ids:
+        await listener.bind_job(job_id)
+        await publisher.create(queue_id, job_id)
+
+    async with start_service(**settings, mqtt_receive_maximum=8):
+        created: set[str] = set()
+        async with asyncio.timeout(60):
+            while len(created) < len(job_ids):
+                received = await listener.next()
+                if received.body["status"] == "created":
+                    created.add(received.body["jobId"])
+        assert created == set(job_ids)
+
+
 def _make_certificates(directory: Path) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
 
