@@ -261,7 +261,7 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-async def main(jobs: int, rate_jobs: int, out: Path) -> int:
+async def main(jobs: int, rate_jobs: int, out: Path, rate: float | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, private_mosquitto() as broker:
         workdir = Path(tmp)
@@ -273,7 +273,7 @@ async def main(jobs: int, rate_jobs: int, out: Path) -> int:
             )
             print(table(results[-1:]).splitlines()[-1], flush=True)
         raw_flood = results[0]
-        half = round(raw_flood.finished_per_s / 2, 1)
+        half = rate or round(raw_flood.finished_per_s / 2, 1)
         for system in ("raw", "service"):
             results.append(
                 await measure(
@@ -322,6 +322,12 @@ if __name__ == "__main__":
     parser.add_argument("--rate-jobs", type=int, default=10_000, help="commands per rate run")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench.json")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="commands/s of the rate runs (default: half the raw bridge's flood rate)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -330,4 +336,4 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     SERVICE_ENV.update(item.split("=", 1) for item in args.set)
-    sys.exit(asyncio.run(main(args.jobs, args.rate_jobs, args.out)))
+    sys.exit(asyncio.run(main(args.jobs, args.rate_jobs, args.out, args.rate)))
