@@ -402,7 +402,7 @@ class PrintDispatcher:
             return None
 
     async def _apply(self, job_id: str, change: Transition, lane: str) -> jobs.Job | None:
-        async with self._store.transaction(wait=False, lane=lane) as tx:
+        async with self._store.transaction(wait=False, relaxed=True, lane=lane) as tx:
             job = await tx.get(job_id)
             if job is None:
                 return None

@@ -96,7 +96,7 @@ class JobStore(Protocol):
         ...
 
     def transaction(
-        self, *, wait: bool = True, lane: str | None = None
+        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
     ) -> AbstractAsyncContextManager[StoreTransaction]:
         """Commits on a normal exit, discards everything on an exception.
 
@@ -106,8 +106,12 @@ class JobStore(Protocol):
 
         With `wait` (the default) the exit returns once the commit is durable; without it,
         once the writes are applied (later transactions see them), and the transaction's
-        `durable` future tells how the commit went. Acknowledging a command needs the first;
-        a printer's progress only the second.
+        `durable` future tells how the commit went. Acknowledging a command needs a durable
+        commit (waited for at exit, or through `durable` before the acknowledgement).
+
+        With `relaxed`, the store may report the commit before it is on disk (a crash of the
+        store itself could lose it): for what the service can redo, such as a printer's
+        progress (reloaded) or marking messages sent (published again).
         """
         ...
 

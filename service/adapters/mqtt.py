@@ -179,9 +179,15 @@ class MqttIngress:
         finally:
             for task in (watcher, consumer, acker):
                 task.cancel()
-        for task in (acker, consumer):
-            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
-                raise exc
+        errors = [
+            exc
+            for task in (acker, consumer)
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None
+        ]
+        if len(errors) > 1:
+            log.error("mqtt_consumer_failed", error=repr(errors[1]))
+        if errors:
+            raise errors[0]
 
     async def _finish(
         self,
@@ -212,7 +218,8 @@ class MqttIngress:
         while time.monotonic() < deadline:
             seen = self._received
             await asyncio.sleep(GROUP_DRAIN_QUIET_S)
-            if self._received == seen and not self._handling:
+            paused = self._window is not None and self._window.paused
+            if self._received == seen and not self._handling and not paused:
                 break
         log.info("mqtt_left_group", group=self._settings.mqtt_shared_group)
 
@@ -291,13 +298,14 @@ async def _ack_in_order(
     """Acknowledge each batch once it is committed, in the order received (as MQTT asks).
 
     A failed commit raises here: nothing after it is acknowledged, and the broker delivers
-    it all again on the next connection.
+    it all again on the next connection. Its slot is not given back, so the consumer applies
+    nothing more on this connection (it would be applied again after the redelivery).
     """
     while (batch := await committing.get()) is not None:
-        try:
-            await batch.committed
-        finally:
-            slots.release()
+        # Shielded: stopping this task must not cancel the store's commit future, whose
+        # callbacks hand the jobs to the printers.
+        await asyncio.shield(batch.committed)
+        slots.release()
         for message in batch.messages:
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)  # noqa: SLF001

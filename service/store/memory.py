@@ -61,9 +61,9 @@ class MemoryStore:
 
     @asynccontextmanager
     async def transaction(
-        self, *, wait: bool = True, lane: str | None = None
+        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
     ) -> AsyncIterator[_Transaction]:
-        del wait  # a memory commit is as durable as it gets at once
+        del wait, relaxed  # a memory commit is as durable as it gets at once
         del lane  # one replica: it holds every lane
         async with self._lock:
             tx = _Transaction(self._jobs)

@@ -275,13 +275,14 @@ class PostgresStore:
 
     @asynccontextmanager
     async def transaction(
-        self, *, wait: bool = True, lane: str | None = None
+        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
     ) -> AsyncIterator[_Transaction]:
+        del wait  # the exit always waits for the commit; `durable` is then resolved
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                if not wait:
-                    # The caller does not wait for durability: neither need the commit. It is
-                    # still atomic and ordered; only a crash of PostgreSQL itself could lose it.
+                if relaxed:
+                    # The caller can redo this change: the commit need not wait for the WAL
+                    # flush. Still atomic and ordered; only a crash of PostgreSQL could lose it.
                     await conn.execute("SET LOCAL synchronous_commit TO off")
                 tx = _Transaction(conn, self._notify_as)
                 yield tx
@@ -343,7 +344,7 @@ class PostgresStore:
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # If this is lost, the messages go out again with the same ids: consumers dedupe.
-        async with self.transaction(wait=False) as tx:
+        async with self.transaction(wait=False, relaxed=True) as tx:
             tx.sent.extend(positions)
 
     async def waiting_jobs(self) -> Sequence[Job]:

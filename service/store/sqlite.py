@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -119,7 +120,7 @@ class _Transaction:
         self.documents[job_id] = data
 
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
-        return self._store.read_counts(queue_id)
+        return self._store.read_counts(queue_id, pending=self.jobs)
 
     def emit(self, message: Outgoing) -> None:
         self.messages.append(message)
@@ -139,16 +140,23 @@ class _Batch:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def add(self, tx: _Transaction) -> None:
+        """Add `tx` whole or, if a row cannot be built, not at all."""
         now = time.time()
-        for job in tx.jobs.values():
-            self.jobs.append(job)
-            self.job_rows.append(job_row(job, _iso))
-            self.history_rows.append(history_row(job, _iso))
-            if job.is_final and job.document is not None and job.document.url is None:
-                # A document is kept only as long as its job may still print it.
-                self.dropped_documents.append((job.job_id,))
+        jobs = list(tx.jobs.values())
+        job_rows = [job_row(job, _iso) for job in jobs]
+        history_rows = [history_row(job, _iso) for job in jobs]
+        outbox_rows = [outbox_row(message, now) for message in tx.messages]
+        self.jobs.extend(jobs)
+        self.job_rows.extend(job_rows)
+        self.history_rows.extend(history_rows)
+        # A document is kept only as long as its job may still print it.
+        self.dropped_documents.extend(
+            (job.job_id,)
+            for job in jobs
+            if job.is_final and job.document is not None and job.document.url is None
+        )
         self.documents.extend(tx.documents.items())
-        self.outbox_rows.extend(outbox_row(message, now) for message in tx.messages)
+        self.outbox_rows.extend(outbox_rows)
         self.sent.extend((position,) for position in tx.sent)
         self.waiters.append(tx.durable)
 
@@ -239,8 +247,9 @@ class SqliteStore:
 
     @asynccontextmanager
     async def transaction(
-        self, *, wait: bool = True, lane: str | None = None
+        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
     ) -> AsyncIterator[_Transaction]:
+        del relaxed  # every batch is committed with STORE_SYNCHRONOUS
         del lane  # one replica: it holds every lane
         tx = _Transaction(self)
         yield tx
@@ -265,12 +274,27 @@ class SqliteStore:
         )
         return job_from_row(row[0]) if row else None
 
-    def read_counts(self, queue_id: str) -> dict[JobStatus, int]:
-        """Committed jobs only: a batch not yet committed joins the counts a moment later."""
+    def read_counts(
+        self, queue_id: str, *, pending: Mapping[str, Job] | None = None
+    ) -> dict[JobStatus, int]:
+        """The queue's jobs by status, counting what is written and not yet committed (and
+        `pending`, a transaction's own writes) as it will be."""
         rows = self._read(
             "SELECT status, COUNT(*) FROM jobs WHERE queue_id = ? GROUP BY status", (queue_id,)
         )
-        return {JobStatus(status): count for status, count in rows}
+        counts = Counter({JobStatus(status): count for status, count in rows})
+        unsaved = {**self._unsaved_jobs, **(pending or {})}
+        changed = {job_id: job for job_id, job in unsaved.items() if job.queue_id == queue_id}
+        if changed:
+            marks = ", ".join("?" * len(changed))
+            for (status,) in self._read(
+                f"SELECT status FROM jobs WHERE job_id IN ({marks})",  # noqa: S608
+                tuple(changed),
+            ):
+                counts[JobStatus(status)] -= 1
+            for job in changed.values():
+                counts[job.status] += 1
+        return {status: count for status, count in counts.items() if count > 0}
 
     async def get(self, job_id: str) -> Job | None:
         return self.read_job(job_id)
@@ -336,11 +360,17 @@ class SqliteStore:
     async def _commit(self, batch: _Batch) -> None:
         try:
             last_position = await asyncio.to_thread(self._write, batch)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # any failure fails the batch, never the committer
             self.healthy = False
-            log.exception("store_commit_failed", waiting=len(batch.waiters))
-            self._forget(batch)
-            _resolve(batch.waiters, StoreError(f"store commit failed: {exc}"))
+            # The batch being formed was built on what just failed (through the overlay):
+            # it fails with it, and reads go to the database again.
+            later, self._batch = self._batch, _Batch()
+            self._unsaved_jobs.clear()
+            self._unsaved_documents.clear()
+            log.exception(
+                "store_commit_failed", waiting=len(batch.waiters), failed_with_it=len(later.waiters)
+            )
+            _resolve(batch.waiters + later.waiters, StoreError(f"store commit failed: {exc}"))
             return
         self.commits += 1
         self.healthy = True
@@ -349,7 +379,10 @@ class SqliteStore:
         self._forget(batch)
         _resolve(batch.waiters, None)
         for listener in self._listeners:
-            listener()
+            try:
+                listener()
+            except Exception:
+                log.exception("commit_listener_failed")
 
     def _forget(self, batch: _Batch) -> None:
         """Reads go to the database again for what `batch` wrote (unless written since)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import pytest
 from service.core import jobs
 from service.core.events import job_event
 from service.models import CreatePrintJob, JobStatus, UpdatePrintJob
-from service.ports import JobStore
+from service.ports import JobStore, StoreError
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -236,3 +237,73 @@ async def test_counts_are_per_queue_and_status(store: JobStore):
         counts = await tx.counts(queue)
         assert await tx.counts("nobody-uses-this") == {}
     assert counts == {JobStatus.created: 1, JobStatus.started: 1}
+
+
+async def test_counts_include_what_is_written_and_not_yet_committed(store: JobStore):
+    """A counts query answered after a create (the create's batch may still be committing)
+    counts the job as it will be."""
+    queue = f"counts-{uuid.uuid4().hex[:6]}"
+    first = a_print_job("p-1", queue)
+    async with store.transaction() as tx:
+        tx.put(first)
+    started = jobs.start(first, now=T0)
+    assert isinstance(started, jobs.Job)
+    async with store.transaction(wait=False) as tx:
+        tx.put(started)
+        tx.put(a_print_job("p-2", queue))
+    # No suspension since: in SQLite this batch is not committed yet.
+    async with store.transaction(wait=False) as tx:
+        counts = await tx.counts(queue)
+    assert counts == {JobStatus.created: 1, JobStatus.started: 1}
+    await tx.durable
+
+
+async def test_sqlite_a_failed_commit_fails_what_was_built_on_it(tmp_path: Path):
+    """Work that read a batch's uncommitted writes must not commit when that batch fails."""
+    store = SqliteStore(tmp_path / "jobs.db", commit_delay=0.001)
+    await store.open()
+    blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # the committer's BEGIN times out (busy_timeout)
+        job = a_job()
+        async with store.transaction(wait=False) as first:
+            first.put(job)
+            first.emit(event_of(job))
+        await asyncio.sleep(0.1)  # the committer has taken `first` and waits for the lock
+        async with store.transaction(wait=False) as second:
+            seen = await second.get(job.job_id)
+            assert seen == job, "a later transaction reads what is being committed"
+            started = jobs.start(job, now=T0)
+            assert isinstance(started, jobs.Job)
+            second.put(started)
+            second.emit(event_of(started))
+        with pytest.raises(StoreError):
+            await first.durable
+        blocker.execute("ROLLBACK")  # `second` could commit now, if it had survived
+        with pytest.raises(StoreError):
+            await second.durable
+        assert not store.healthy
+        async with store.transaction() as third:
+            assert await third.get(job.job_id) is None, "neither change was committed"
+            third.put(job)
+        assert store.healthy
+        assert [r.message.order_key for r in await store.unsent(10)] == []
+    finally:
+        blocker.close()
+        await store.close()
+
+
+async def test_postgres_only_relaxed_transactions_skip_the_wal_flush(postgres_url: str):
+    """Commands are acknowledged after a transaction that did not wait at its exit: its
+    commit must still be synchronous. Only what the service can redo is relaxed."""
+    store = PostgresStore(postgres_url, pool_size=2)
+    await store.open()
+    try:
+        for relaxed, expected in ((False, "on"), (True, "off")):
+            async with store.transaction(wait=False, relaxed=relaxed) as tx:
+                cursor = await tx._conn.execute("SHOW synchronous_commit")
+                row = await cursor.fetchone()
+            assert row is not None
+            assert row[0] == expected, f"relaxed={relaxed}"
+    finally:
+        await store.close()
