@@ -6,7 +6,14 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["first_of"]
+__all__ = ["first_of", "resolved"]
+
+
+def resolved() -> asyncio.Future[None]:
+    """A future that is already done: for an effect that had nothing to wait for."""
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 async def first_of(*waits: Coroutine[Any, Any, object]) -> None:

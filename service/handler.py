@@ -15,6 +15,7 @@ from functools import partial
 
 import structlog
 
+from service.aio import resolved
 from service.core import jobs
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.core.events import Outgoing, counts_event, job_event, rejection_event
@@ -90,9 +91,7 @@ class CommandHandler:
         except Exception:  # noqa: BLE001 - a bug in one command; found and answered below
             for one in decoded:
                 await self.handle_one(one)
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+            return resolved()
 
     async def handle_one(self, decoded: DecodedCommand | Rejection) -> None:
         """Apply one command and wait for its commit; a bug is answered with `internal_error`."""

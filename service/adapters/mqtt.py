@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from service.adapters.mqtt_window import ReceiveWindow
+from service.aio import resolved
 from service.config import Settings
 from service.core.codec import Inbound
 from service.metrics import Metrics
@@ -68,7 +69,6 @@ class MqttIngress:
         self._connected = False
         self._handling = False
         self._received = 0
-        self._messages: aiomqtt.client.MessagesIterator | None = None
         self._window: ReceiveWindow | None = None
         metrics.mqtt_backlog.set_function(self._backlog)
 
@@ -233,13 +233,14 @@ class MqttIngress:
     ) -> None:
         will_topic = self._settings.mqtt_last_will_topic
         batch_size = self._settings.mqtt_batch_size
-        messages = self._messages = client.messages
+        messages = client.messages
         if self._window is not None:
             self._window.arm()
         async for first in messages:
             self._handling = True
             self._received += 1
             try:
+                # Take what has already arrived, up to a batch: one commit for all of it.
                 batch = [first]
                 while len(batch) < batch_size and len(messages) > 0:
                     batch.append(await anext(messages))
@@ -253,7 +254,7 @@ class MqttIngress:
                     else:
                         commands.append(_inbound(message))
                 await slots.acquire()
-                committed = await handle(commands) if commands else _done()
+                committed = await handle(commands) if commands else resolved()
                 committing.put_nowait(_Committing(batch, committed))
             finally:
                 self._handling = False
@@ -275,7 +276,7 @@ class MqttIngress:
             self._on_peer_will(will.instance)
 
     def _backlog(self) -> int:
-        return 0 if self._messages is None else len(self._messages)
+        return 0 if self._window is None else self._window.held()
 
     def _set_connected(self, *, up: bool) -> None:
         self._connected = up
@@ -309,12 +310,6 @@ async def _ack_in_order(
         for message in batch.messages:
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)  # noqa: SLF001
-
-
-def _done() -> asyncio.Future[None]:
-    done = asyncio.get_running_loop().create_future()
-    done.set_result(None)
-    return done
 
 
 def _inbound(message: aiomqtt.Message) -> Inbound:

@@ -35,6 +35,7 @@ class ReceiveWindow:
         self, client: aiomqtt.Client, *, limit: int, on_pause: Callable[[], None] = lambda: None
     ) -> None:
         self._client = client
+        self._messages = client.messages  # a view of the client's queue
         self._paho: paho_client.Client = client._client  # noqa: SLF001
         self._limit = limit
         self._resume_below = max(1, limit // 2)
@@ -64,7 +65,7 @@ class ReceiveWindow:
 
     def taken(self) -> None:
         """The consumer took messages: read again once the client holds few enough."""
-        if self._paused and self._held() < self._resume_below:
+        if self._paused and self.held() < self._resume_below:
             sock = self._paho.socket()
             if sock is None or sock.fileno() != self._fd:
                 return  # the connection is gone; the next one has a window of its own
@@ -75,8 +76,9 @@ class ReceiveWindow:
         self._fd = fd
         self._loop.add_reader(fd, self._read)
 
-    def _held(self) -> int:
-        return len(self._client.messages)
+    def held(self) -> int:
+        """Messages received and not yet taken by the consumer."""
+        return len(self._messages)
 
     def _read(self) -> None:
         try:
@@ -92,7 +94,7 @@ class ReceiveWindow:
             if not disconnected.done():
                 disconnected.set_exception(exc)
             return
-        if self._armed and self._held() >= self._limit and self._fd is not None:
+        if self._armed and self.held() >= self._limit and self._fd is not None:
             self._paused = True
             self._on_pause()
             self._loop.remove_reader(self._fd)
