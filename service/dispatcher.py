@@ -31,8 +31,10 @@ from service.metrics import Metrics
 from service.models import JobStatus, PrintOptions
 from service.ports import (
     Coordinator,
+    Document,
     DocumentSource,
     DocumentUnavailable,
+    InlineDocument,
     JobStore,
     LaneLost,
     Printer,
@@ -360,15 +362,17 @@ class PrintDispatcher:
 
     async def _request(self, job: jobs.Job) -> PrintRequest:
         document = job.document
+        data: Document
         if document is None:
-            data, content_type = b"", "application/octet-stream"
+            data, content_type = InlineDocument(b""), "application/octet-stream"
         elif document.url is not None:
+            # Spooled to a file, not memory; the printer closes it when the print ends.
             data, content_type = await self._documents.fetch(document.url), document.content_type
         else:
             stored = await self._store.document(job.job_id)
             if stored is None:
                 raise DocumentUnavailable("the job's document is no longer in the store")
-            data, content_type = stored, document.content_type
+            data, content_type = InlineDocument(stored), document.content_type
         return PrintRequest(
             job_id=job.job_id,
             title=job.display_title,

@@ -7,7 +7,7 @@ Each has a production adapter beside it (`service.store`, `service.printers`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,9 +19,11 @@ from service.models import JobStatus, PrintOptions
 
 __all__ = [
     "Coordinator",
+    "Document",
     "DocumentSource",
     "DocumentUnavailable",
     "EventPublisher",
+    "InlineDocument",
     "JobStore",
     "LaneCallback",
     "LaneLost",
@@ -150,16 +152,53 @@ class PrintResult:
     reason: str | None = None
 
 
+class Document(Protocol):
+    """A job's document, read in chunks: a large one (fetched by URL) waits in a spool file
+    and is never held whole in memory; an inline one is bytes (capped at the command size)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The document from its first byte; each call starts again (a printer may resubmit)."""
+        ...
+
+    def close(self) -> None:
+        """Releases what holds the document (its spool file); idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InlineDocument:
+    """A document already in memory: an inline one from the store."""
+
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.data:
+            yield self.data
+
+    def close(self) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrintRequest:
-    """Everything a printer needs for one job: the document's bytes and what to do with them."""
+    """Everything a printer needs for one job: the document and what to do with it.
+
+    The printer owns `document` once `print` is called and closes it when `print` returns.
+    """
 
     job_id: str
     title: str
     user_id: str | None
     copies: int
     options: PrintOptions
-    document: bytes
+    document: Document
     content_type: str
     # The printer's own job for it, as an earlier `on_submitted` reported it: a printer that
     # still has that job follows it rather than printing the document again.
@@ -213,8 +252,8 @@ class DocumentUnavailable(Exception):  # noqa: N818 - a state, not a bug
 class DocumentSource(Protocol):
     """Fetches documents given by URL."""
 
-    async def fetch(self, url: str) -> bytes:
-        """The document's bytes; raises DocumentUnavailable."""
+    async def fetch(self, url: str) -> Document:
+        """The document (the caller closes it); raises DocumentUnavailable."""
         ...
 
 

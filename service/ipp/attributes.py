@@ -100,8 +100,8 @@ class PrinterState(IntEnum):
 
 
 def _name(text: str) -> str:
-    """`text` cut to name(MAX) octets, on a character boundary."""
-    return text.encode()[:_NAME_MAX].decode(errors="ignore")
+    """`text` cut to name(MAX) octets, on a character boundary; a lone surrogate is "?"."""
+    return text.encode(errors="replace")[:_NAME_MAX].decode(errors="ignore")
 
 
 def operation_attributes(*, printer_uri: str, user_name: str = DEFAULT_USER) -> list[Attribute]:

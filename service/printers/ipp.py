@@ -21,7 +21,14 @@ from typing import Final, Literal
 import structlog
 
 from service.ipp.attributes import JobState, PrinterState, describe
-from service.ipp.client import IppClient, IppError, IppProtocolError, IppRequestError
+from service.ipp.client import (
+    MIN_UPLOAD_RATE,
+    IppClient,
+    IppError,
+    IppJobError,
+    IppProtocolError,
+    IppRequestError,
+)
 from service.ipp.encoding import Group, Status
 from service.ports import (
     OnSubmitted,
@@ -122,8 +129,11 @@ class _Printing:
 class IppPrinter:
     """One IPP printer at `uri`, printing one job at a time.
 
-    `timeout` bounds every request; `poll_interval` is how often a job is followed;
+    `timeout` bounds every request (a Print-Job also gets its document's size at
+    `upload_rate` bytes per second); `poll_interval` is how often a job is followed;
     `offline_deadline` is how long jobs wait for a printer that is unreachable or stopped.
+    Whatever the printer answers, `ready` raises only `PrinterUnavailable`, and `print`
+    returns a `PrintResult`.
     """
 
     def __init__(
@@ -132,6 +142,7 @@ class IppPrinter:
         name: str,
         uri: str,
         timeout: float = 10.0,
+        upload_rate: float = MIN_UPLOAD_RATE,
         poll_interval: float = 0.5,
         offline_deadline: float = 300.0,
         on_lost_job: Literal["fail", "retry"] = "fail",
@@ -142,7 +153,7 @@ class IppPrinter:
         if on_lost_job not in {"fail", "retry"}:
             raise ValueError(f"on_lost_job must be 'fail' or 'retry', not {on_lost_job!r}")
         self.name = name
-        self._client = IppClient(uri=uri, timeout=timeout, ca_file=ca_file)
+        self._client = IppClient(uri=uri, timeout=timeout, upload_rate=upload_rate, ca_file=ca_file)
         self._timeout = timeout
         self._poll_interval = poll_interval
         self._offline_deadline = offline_deadline
@@ -207,6 +218,7 @@ class IppPrinter:
         self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
     ) -> PrintResult:
         if self._printing is not None:
+            request.document.close()
             raise RuntimeError(f"printer {self.name} is already printing {self._printing.job_id}")
         printing = _Printing(request.job_id, on_submitted=on_submitted)
         self._printing = printing
@@ -215,6 +227,7 @@ class IppPrinter:
         finally:
             self._printing = None
             printing.settled.set()
+            request.document.close()
 
     async def cancel(self, job_id: str) -> None:
         """Asks the printer to cancel `job_id` if it is the one printing; `print` then
@@ -358,6 +371,8 @@ class IppPrinter:
             return f"printer refused {refused} ({exc.keyword})"
         if isinstance(exc, IppError):
             return f"printer refused the job: {exc}"
+        if isinstance(exc, IppJobError):
+            return f"the job could not be sent to printer {self.name}: {exc}"
         return f"printer {self.name} answered in error: {exc}"
 
     async def _follow(self, request: PrintRequest, printing: _Printing) -> PrintResult:

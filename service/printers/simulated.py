@@ -28,6 +28,7 @@ class SimulatedPrinter:
     ) -> PrintResult:
         # Nothing survives the simulated printer's process: a job taken up again prints again.
         del on_submitted
+        request.document.close()  # never read: nothing is printed
         stop = asyncio.Event()
         self._current = (request.job_id, stop)
         try:

@@ -13,7 +13,7 @@ import pytest
 from service.ipp.attributes import PrinterState
 from service.ipp.client import http_url
 from service.models import ColorMode, Orientation, PageRange, PrintOptions, PrintQuality, Sides
-from service.ports import PrinterUnavailable, PrintOutcome, PrintRequest
+from service.ports import InlineDocument, PrinterUnavailable, PrintOutcome, PrintRequest
 from service.printers.ipp import IppPrinter, PrinterStatus
 from tests.integration.ippeve import IppEvePrinter, IppEveUnavailableError
 
@@ -65,7 +65,7 @@ def a_request(
         user_id="alice",
         copies=copies,
         options=PrintOptions(**options),
-        document=a_pdf(pages=5),
+        document=InlineDocument(a_pdf(pages=5)),
         content_type=content_type,
     )
 
@@ -114,7 +114,7 @@ async def test_a_pdf_prints_and_lands_in_the_spool(ippeve, make_printer):
     assert result.reason is None
     [document] = ippeve.documents()
     assert document.name == "1-quarterly_report.pdf"
-    assert document.read_bytes() == request.document
+    assert document.read_bytes() == a_pdf(pages=5)
     [job] = ippeve.jobs()
     assert job.env["CONTENT_TYPE"] == "application/pdf"
     assert job.env["IPP_JOB_NAME"] == "Quarterly Report"

@@ -32,9 +32,10 @@ from service.ipp.encoding import (
     encode,
 )
 from service.models import ColorMode, Orientation, PageRange, PrintOptions, PrintQuality, Sides
-from service.ports import PrintRequest
+from service.ports import InlineDocument, PrintRequest
 
 URI = "ipp://printer.example:631/ipp/print"
+PDF = b"%PDF-1.4"
 
 
 def a_request(
@@ -46,7 +47,7 @@ def a_request(
         user_id=user_id,
         copies=copies,
         options=PrintOptions(**options),
-        document=b"%PDF-1.4",
+        document=InlineDocument(PDF),
         content_type="application/pdf",
     )
 
@@ -163,7 +164,7 @@ def test_a_print_job_survives_the_wire_whole():
         code=Operation.print_job,
         request_id=9,
         groups=print_job_groups(request, printer_uri=URI),
-        data=request.document,
+        data=PDF,
     )
 
     assert decode(encode(message)) == message
