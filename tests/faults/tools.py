@@ -7,16 +7,19 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
 import aiomqtt
+import psycopg
 
 from service.adapters.amqp import message_body
 from service.config import BrokerUrl
@@ -205,3 +208,296 @@ class TcpProxy:
         finally:
             dst.transport.abort()
             self._writers.discard(dst)
+
+
+# --- Outages of the real PostgreSQL and RabbitMQ (tests/faults/test_outages.py) ---------------
+
+
+def created_rows(database: str, queue_id: str) -> dict[str, int]:
+    """job id -> number of `created` rows in its job_history, read from the store itself."""
+    query = (
+        "SELECT j.job_id, (SELECT COUNT(*) FROM job_history h "
+        "WHERE h.job_id = j.job_id AND h.status = 'created') FROM jobs j WHERE j.queue_id = {}"
+    )
+    if database.startswith("sqlite:///"):
+        path = database.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows: list[tuple[str, int]] = conn.execute(query.format("?"), (queue_id,)).fetchall()
+            return dict(rows)
+    with psycopg.connect(database) as pg:
+        return {
+            str(job): int(n)
+            for job, n in pg.execute(query.format("%s").encode(), (queue_id,)).fetchall()
+        }
+
+
+def service_died(service: ServiceProcess) -> str | None:
+    """None while the service process runs; else its exit code and the end of its log."""
+    assert service.process is not None
+    code = service.process.poll()
+    if code is None:
+        return None
+    tail = service.log.read_text(errors="replace")[-4000:] if service.log.exists() else ""
+    return f"service died with exit code {code}; the end of {service.log}:\n{tail}"
+
+
+def alive_and(service: ServiceProcess, check: Callable[[], bool]) -> Callable[[], bool]:
+    """A `wait_for` check that fails at once (with the service's log) if the service died."""
+
+    def checked() -> bool:
+        if (died := service_died(service)) is not None:
+            raise AssertionError(died)
+        return check()
+
+    return checked
+
+
+async def run_command(*args: str, timeout: float = 120) -> str:
+    """Runs a command without blocking the event loop (consumers keep counting)."""
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{' '.join(args)} did not finish in {timeout} s") from None
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {process.returncode}:\n{text}")
+    return text
+
+
+def postgres_version() -> str:
+    """The version of the only PostgreSQL cluster of this machine (/etc/postgresql/<version>)."""
+    (version,) = os.listdir("/etc/postgresql")
+    return version
+
+
+async def postgres_ctl(action: str) -> None:
+    """`pg_ctlcluster` on the machine's `main` cluster: restart and stop in fast mode."""
+    mode = ["-m", "fast"] if action in ("stop", "restart") else []
+    await run_command(
+        "pg_ctlcluster",
+        "--skip-systemctl-redirect",
+        *mode,
+        postgres_version(),
+        "main",
+        action,
+    )
+
+
+def postgres_running() -> bool:
+    result = subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", postgres_version(), "main", "status"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return result.returncode == 0
+
+
+async def wait_postgres_accepting(url: str, *, timeout: float = 60) -> None:
+    """Until a new connection to `url` runs a query."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, connect_timeout=2) as conn:
+                await conn.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"PostgreSQL does not accept connections: {exc}") from exc
+            await asyncio.sleep(0.2)
+        else:
+            return
+
+
+async def rabbitmq_ctl(*args: str) -> str:
+    return await run_command("rabbitmqctl", *args)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """One answer of the service's `/readyz` (status 0: no answer)."""
+
+    at: float
+    status: int
+    checks: dict[str, bool]
+
+
+async def readyz(port: int, *, timeout: float = 2.0) -> Readiness:
+    """GET /readyz on 127.0.0.1:`port`."""
+    at = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                await writer.drain()
+                raw = await reader.read()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return Readiness(at, 0, {})
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split()[1])
+        checks = json.loads(body)["checks"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return Readiness(at, 0, {})
+    return Readiness(at, status, {str(k): bool(v) for k, v in checks.items()})
+
+
+@contextlib.asynccontextmanager
+async def sample_readiness(port: int, *, every: float = 0.05) -> AsyncIterator[list[Readiness]]:
+    """Asks `/readyz` every `every` seconds while the block runs; yields the answers so far."""
+    samples: list[Readiness] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append(await readyz(port, timeout=1.0))
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield samples
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class DurableEventCounter:
+    """Counts a queue's events through its own durable queue, and reconnects by itself.
+
+    The queue (unique name, durable, non-exclusive, `x-max-priority` 10 as the events need,
+    bound to `print.events` `#`) is declared before the burst, so it survives a RabbitMQ
+    restart (`stop_app`/`start_app`) and holds what is published while the counter is away
+    (for up to the events' 60 s TTL). Each connection is plain (not robust): when it closes,
+    the counter makes a new one and consumes the same queue again. `x-expires` removes the
+    queue if a test dies without `close()`.
+    """
+
+    def __init__(self, amqp_url: str, queue_id: str) -> None:
+        self.amqp_url = amqp_url
+        self.queue_id = queue_id
+        self.queue_name = f"faults-counter-{uuid.uuid4().hex[:12]}"
+        self.counted = EventCount()
+        self.connections = 0  # consuming connections made: 1 + reconnections
+        self.consuming = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        queue = await channel.declare_queue(
+            self.queue_name,
+            durable=True,
+            arguments={"x-max-priority": 10, "x-expires": 300_000},
+        )
+        await queue.bind("print.events", "#")
+        return queue
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        event = json.loads(message_body(message))
+        if event.get("queueId") == self.queue_id:
+            self.counted.add(event)
+        # After a broker restart the ack may find the channel gone: the message comes back
+        # (same event id) and is counted as a redelivery, never as a new event.
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError, OSError):
+            await message.ack()
+
+    async def _consume_once(self) -> None:
+        connection = await aio_pika.connect(self.amqp_url, timeout=5)
+        lost = asyncio.Event()
+
+        def on_close(_sender: object, _exc: BaseException | None) -> None:
+            lost.set()
+
+        connection.close_callbacks.add(on_close)
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=1000)
+            queue = await self._declare(channel)
+            await queue.consume(self._on_message)
+            self.connections += 1
+            self.consuming.set()
+            while not lost.is_set() and not channel.is_closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), 0.5)
+        finally:
+            self.consuming.clear()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError, OSError):
+                await connection.close()
+
+    async def _run(self) -> None:
+        while True:
+            transient = (aio_pika.exceptions.AMQPError, RuntimeError, OSError, TimeoutError)
+            with contextlib.suppress(*transient):
+                await self._consume_once()
+            await asyncio.sleep(0.5)
+
+    async def start(self) -> None:
+        """Declares the queue (now: what is published from here on is kept) and consumes it."""
+        connection = await aio_pika.connect(self.amqp_url, timeout=10)
+        async with connection:
+            await self._declare(await connection.channel())
+        self._task = asyncio.create_task(self._run())
+        async with asyncio.timeout(30):
+            await self.consuming.wait()
+
+    async def consumers(self) -> int:
+        """The queue's consumer count, as RabbitMQ sees it (1 while this counter consumes)."""
+        connection = await aio_pika.connect(self.amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(self.queue_name, passive=True)
+            return int(queue.declaration_result.consumer_count or 0)
+
+    async def close(self) -> None:
+        """Stops consuming and deletes the queue."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
+            connection = await aio_pika.connect(self.amqp_url, timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(self.queue_name)
+
+
+@contextlib.asynccontextmanager
+async def count_events_durably(amqp_url: str, queue_id: str) -> AsyncIterator[DurableEventCounter]:
+    """A `DurableEventCounter`, started, and closed (its queue deleted) at the end."""
+    counter = DurableEventCounter(amqp_url, queue_id)
+    await counter.start()
+    try:
+        yield counter
+    finally:
+        await counter.close()
+
+
+def store_summary(database: str, queue_id: str) -> dict[str, int]:
+    """A queue's jobs per status and the outbox's rows, read from the store: where a stall is."""
+    by_status = "SELECT status, COUNT(*) FROM jobs WHERE queue_id = {} GROUP BY status"
+    outbox = "SELECT COUNT(*) FROM outbox"
+    if database.startswith("sqlite:///"):
+        path = database.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows: list[tuple[str, int]] = conn.execute(
+                by_status.format("?"), (queue_id,)
+            ).fetchall()
+            (depth,) = conn.execute(outbox).fetchone()
+    else:
+        with psycopg.connect(database) as pg:
+            rows = [
+                (str(s), int(n))
+                for s, n in pg.execute(by_status.format("%s").encode(), (queue_id,)).fetchall()
+            ]
+            fetched = pg.execute(outbox.encode()).fetchone()
+            depth = fetched[0] if fetched else 0
+    return {**{f"jobs_{status}": n for status, n in sorted(rows)}, "outbox_rows": int(depth)}
