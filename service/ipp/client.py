@@ -248,7 +248,7 @@ class IppClient:
                     f"{name}: answered with content-encoding {_capped(encoding, '')}"
                     " though identity was asked for"
                 )
-            declared = answer.headers.get("content-length", "")
+            declared = answer.headers.get("content-length", "")  # h11 checked it is a number
             if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                 raise IppProtocolError(f"{name}: answer of {declared} bytes is too large")
             body = bytearray()
@@ -266,7 +266,7 @@ class IppClient:
         except IppRequestError:
             raise
         except TimeoutError as exc:
-            raise IppUnreachableError(f"no answer within {deadline:g} s") from exc
+            raise IppUnreachableError(f"no answer within {round(deadline, 1):g} s") from exc
         except httpx.TimeoutException as exc:
             raise IppUnreachableError(f"timed out ({_cause(exc)})") from exc
         except httpx.NetworkError as exc:

@@ -94,6 +94,17 @@ def test_every_option_becomes_its_job_template_attribute():
     )
 
 
+def test_a_lone_surrogate_in_a_name_is_replaced_not_raised():
+    operation = print_job_groups(a_request(title="Q\ud800", user_id="\udfff"), printer_uri=URI)[0]
+
+    assert operation.get("job-name") == Attribute.of(
+        "job-name", ValueTag.name_without_language, "Q?"
+    )
+    assert operation.get("requesting-user-name") == Attribute.of(
+        "requesting-user-name", ValueTag.name_without_language, "?"
+    )
+
+
 def test_the_table_names_every_option_and_what_it_becomes():
     template = job_template(a_request(copies=2, **ALL_OPTIONS))
 
