@@ -60,6 +60,7 @@ class RejectionReason(StrEnum):
     - `unknown_queue`: no queue of that id is configured, and unknown queues are rejected;
     - `document_required`: the queue prints on a real printer and the create has no document;
     - `unsupported_document`: the queue's printers do not take the document's content type;
+    - `retained_command`: the command arrived as a retained message, which is never applied;
     - `internal_error`: the service failed to apply the command (a bug; it is logged).
 
     """
@@ -78,6 +79,7 @@ class RejectionReason(StrEnum):
     unknown_queue = "unknown_queue"
     document_required = "document_required"
     unsupported_document = "unsupported_document"
+    retained_command = "retained_command"
     internal_error = "internal_error"
 
 
@@ -103,7 +105,11 @@ class CommandHeaders(BaseModel):
     x_correlation_id: Annotated[
         str | None,
         Field(
-            alias="x-correlation-id", description="Correlation ID.", max_length=256, min_length=1
+            alias="x-correlation-id",
+            description="Correlation ID: 1-255 printable ASCII characters, so that it fits the AMQP\n`correlation_id` property (a short string of at most 255 bytes). MQTT 5 correlation\ndata is used when there is no `x-correlation-id` header: as it is when printable\nASCII, otherwise hex-encoded (`0x` and two digits a byte, data of up to 126 bytes).\nA command without a usable one is answered with a correlation ID of the service's.\n",
+            max_length=255,
+            min_length=1,
+            pattern="^[ -~]+$",
         ),
     ] = None
     x_message_type: Annotated[MessageType | None, Field(alias="x-message-type")] = None
@@ -133,7 +139,11 @@ class EventHeaders(BaseModel):
     x_correlation_id: Annotated[
         str,
         Field(
-            alias="x-correlation-id", description="Correlation ID.", max_length=256, min_length=1
+            alias="x-correlation-id",
+            description="Correlation ID: 1-255 printable ASCII characters, so that it fits the AMQP\n`correlation_id` property (a short string of at most 255 bytes). MQTT 5 correlation\ndata is used when there is no `x-correlation-id` header: as it is when printable\nASCII, otherwise hex-encoded (`0x` and two digits a byte, data of up to 126 bytes).\nA command without a usable one is answered with a correlation ID of the service's.\n",
+            max_length=255,
+            min_length=1,
+            pattern="^[ -~]+$",
         ),
     ]
     x_message_type: Annotated[XMessageType, Field(alias="x-message-type")]
@@ -379,10 +389,11 @@ class FieldError(BaseModel):
     path: Annotated[
         str,
         Field(
-            description="Where in the payload, as dotted names (`priority`, `headers.x-message-type`)."
+            description="Where in the payload, as dotted names (`priority`, `headers.x-message-type`).",
+            max_length=255,
         ),
     ]
-    message: str
+    message: Annotated[str, Field(max_length=255)]
 
 
 class Status(StrEnum):
@@ -528,21 +539,44 @@ class CommandRejected(BaseModel):
     )
     eventId: Annotated[UUID, Field(description="Unique per rejection.")]
     reason: RejectionReason
-    message: Annotated[str, Field(description="What was wrong, for people.")]
+    message: Annotated[
+        str,
+        Field(description="What was wrong, for people (at most 1024 characters).", max_length=1024),
+    ]
     correlationId: Annotated[
-        str, Field(description="Correlation ID.", max_length=256, min_length=1)
+        str,
+        Field(
+            description="Correlation ID: 1-255 printable ASCII characters, so that it fits the AMQP\n`correlation_id` property (a short string of at most 255 bytes). MQTT 5 correlation\ndata is used when there is no `x-correlation-id` header: as it is when printable\nASCII, otherwise hex-encoded (`0x` and two digits a byte, data of up to 126 bytes).\nA command without a usable one is answered with a correlation ID of the service's.\n",
+            max_length=255,
+            min_length=1,
+            pattern="^[ -~]+$",
+        ),
     ]
     timestamp: AwareDatetime
     jobId: Annotated[
         str | None,
-        Field(description="The command's jobId, when it could be read (it may be invalid)."),
+        Field(
+            description="The command's jobId, when it could be read (it may be invalid): as sent, but\nwith characters that are not valid Unicode replaced by U+FFFD and cut to 255\nUTF-8 bytes (`…` marks a cut).\n",
+            max_length=255,
+        ),
     ] = None
-    queueId: Annotated[str | None, Field(description="The queue the command was sent to.")] = None
+    queueId: Annotated[
+        str | None,
+        Field(
+            description="The queue the command was sent to (the topic's last level, made safe as `jobId` is).",
+            max_length=255,
+        ),
+    ] = None
     messageType: Annotated[
-        str | None, Field(description="The command's type, when it could be told.")
+        str | None,
+        Field(
+            description="The command's type, when it could be told (made safe as `jobId` is).",
+            max_length=255,
+        ),
     ] = None
     errors: Annotated[
-        list[FieldError] | None, Field(description="Schema violations, one per invalid field.")
+        list[FieldError] | None,
+        Field(description="Schema violations, one per invalid field; the first 20.", max_length=20),
     ] = None
 
 
@@ -570,13 +604,17 @@ class CreatePrintJob(BaseModel):
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
         ),
     ]
-    userId: Annotated[str | None, Field(description="User Id.", max_length=256)] = None
+    userId: Annotated[
+        str | None,
+        Field(description="User Id.", max_length=256, pattern="^[^\\u0000-\\u001f\\u007f]*$"),
+    ] = None
     documentName: Annotated[
         str | None,
         Field(
             deprecated=True,
             description="Document name. Deprecated; use `title`. Honoured as the title when `title` is absent.",
             max_length=1024,
+            pattern="^[^\\u0000-\\u001f\\u007f]*$",
         ),
     ] = None
     priority: Priority | None = None
@@ -586,6 +624,7 @@ class CreatePrintJob(BaseModel):
             description="The job's title, as printers and their queues show it (IPP `job-name`).",
             max_length=255,
             min_length=1,
+            pattern="^[^\\u0000-\\u001f\\u007f]*$",
         ),
     ] = None
     document: Annotated[

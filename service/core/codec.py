@@ -1,9 +1,14 @@
 """Turn a raw MQTT command into a validated command, or into a rejection that says why not.
 
 Order of the checks, each of which ends the decoding with its own reason:
-size → content encoding (gzip, capped) → UTF-8 → JSON object → envelope and headers →
-API key → message type (header, or inferred from a bare payload) → payload schema.
-Pure: no I/O; ids and keys come in from the caller.
+retained → size → API key (MQTT 5 user property) → content encoding (gzip, capped) → UTF-8 →
+JSON object (no lone surrogates) → envelope → API key (envelope) → message type (header, or
+inferred from a bare payload) → queueId → headers → payload schema.
+Authentication comes before anything that costs: a caller without a key learns nothing else.
+
+`decode` never raises, for any bytes, topic, header value or length: what it cannot turn
+into a command becomes a `Rejection`, an unexpected failure one with `internal_error` (and
+the exception, for the log). Pure: no I/O; ids and keys come in from the caller.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +25,7 @@ from typing import Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from service.core.text import capped, contains_surrogate, describe, is_correlation_id
 from service.models import (
     CancelPrintJob,
     CommandEnvelope,
@@ -40,6 +47,7 @@ __all__ = [
     "DecodedCommand",
     "Inbound",
     "Rejection",
+    "valid_queue_id",
 ]
 
 Command = CreatePrintJob | CancelPrintJob | GetPrintJobStatus | UpdatePrintJob | GetPrintCounts
@@ -55,8 +63,12 @@ GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(
     {"userId", "documentName", "priority", "document", "title", "copies", "options", "expireAfter"}
 )
-CORRELATION_ID_MAX: Final = 256
 MESSAGE_TYPES: Final = frozenset(t.value for t in MessageType)
+# Binary MQTT 5 correlation data is echoed as 0x + hex, within the 255 bytes of AMQP.
+CORRELATION_DATA_HEX_MAX: Final = 126
+MAX_FIELD_ERRORS: Final = 20
+FIELD_TEXT_MAX: Final = 255
+_PRINTABLE_DATA: Final = re.compile(rb"[ -~]+")
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -74,6 +86,10 @@ class Inbound:
     properties: Mapping[str, str] = field(default_factory=dict)
     correlation_data: bytes | None = None
     received_at: float = 0.0
+    # Sent by the broker as a retained message (on subscription), not as it was published.
+    retained: bool = False
+    # The broker sent it before and it was not acknowledged (MQTT's DUP flag).
+    redelivered: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +118,17 @@ class Rejection:
     job_id: str | None = None
     message_type: str | None = None
     errors: tuple[FieldError, ...] = ()
+    # What failed, for `internal_error`: logged with its traceback, never echoed.
+    cause: BaseException | None = field(default=None, compare=False)
+
+
+def valid_queue_id(queue_id: str) -> bool:
+    """Whether `queue_id` is one the contract allows (and so a safe routing key part)."""
+    try:
+        QUEUE_ID.validate_python(queue_id)
+    except ValidationError:
+        return False
+    return True
 
 
 class _Rejected(Exception):  # noqa: N818 - internal control flow, never escapes this module
@@ -149,23 +176,56 @@ class CommandDecoder:
         return self._api_keys is not None
 
     def decode(self, inbound: Inbound) -> DecodedCommand | Rejection:
-        queue_id = inbound.topic.rpartition("/")[2]
-        partial = _Partial(correlation_id=self._correlation_id(inbound.properties, inbound))
+        """The command, or why not; never raises."""
+        queue_id = inbound.topic.rpartition("/")[2] if isinstance(inbound.topic, str) else ""
+        partial = _Partial(correlation_id="")
         try:
+            partial.correlation_id = self._correlation_id(inbound.properties, inbound)
             return self._decode(inbound, queue_id, partial)
         except _Rejected as rejected:
-            return Rejection(
-                reason=rejected.reason,
-                message=rejected.message,
-                errors=rejected.errors,
-                queue_id=queue_id,
-                correlation_id=partial.correlation_id,
-                received_at=inbound.received_at,
-                job_id=partial.job_id,
-                message_type=partial.message_type,
+            return self._rejection(inbound, queue_id, partial, rejected)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost this message only
+            failed = _Rejected(
+                RejectionReason.internal_error,
+                f"the service could not decode the command ({type(exc).__name__})",
             )
+            return self._rejection(inbound, queue_id, partial, failed, cause=exc)
+
+    def _rejection(
+        self,
+        inbound: Inbound,
+        queue_id: str,
+        partial: _Partial,
+        rejected: _Rejected,
+        cause: BaseException | None = None,
+    ) -> Rejection:
+        return Rejection(
+            reason=rejected.reason,
+            message=rejected.message,
+            errors=rejected.errors,
+            queue_id=queue_id,
+            correlation_id=partial.correlation_id or self._new_id(),
+            received_at=inbound.received_at,
+            job_id=partial.job_id,
+            message_type=partial.message_type,
+            cause=cause,
+        )
 
     def _decode(self, inbound: Inbound, queue_id: str, partial: _Partial) -> DecodedCommand:
+        if inbound.retained:
+            raise _Rejected(
+                RejectionReason.retained_command,
+                "a retained command is never applied (it would be applied again on every "
+                "subscription); publish it without the retain flag, and clear the retained "
+                "one with an empty retained message",
+            )
+        if len(inbound.payload) > self._max_bytes:
+            raise _Rejected(
+                RejectionReason.payload_too_large,
+                f"message is {len(inbound.payload)} bytes; the limit is {self._max_bytes}",
+            )
+        if "x-api-key" in inbound.properties:
+            self._authenticate(inbound.properties["x-api-key"])
         body = self._parse(inbound)
         raw_headers: dict[str, Any] = dict(inbound.properties)
         if "content-encoding" in raw_headers:
@@ -178,13 +238,15 @@ class CommandDecoder:
                 partial.correlation_id = self._correlation_id(raw_headers, inbound)
             if isinstance(envelope_payload := body.get("payload"), dict):
                 _note_job_id(partial, envelope_payload)
+            self._authenticate(raw_headers.get("x-api-key"))
             _check_type(raw_headers, partial)
             body = _validate(CommandEnvelope, body, prefix="").payload
+        else:
+            self._authenticate(raw_headers.get("x-api-key"))
         _note_job_id(partial, body)
         _check_type(raw_headers, partial)
         _check_queue_id(queue_id)
         headers = _validate(CommandHeaders, raw_headers, prefix="headers.")
-        self._authenticate(headers.x_api_key)
         message_type = headers.x_message_type or _infer_type(body)
         partial.message_type = message_type.value
         message = _validate(MODEL_BY_TYPE[message_type], body, prefix="")
@@ -199,15 +261,11 @@ class CommandDecoder:
 
     def _parse(self, inbound: Inbound) -> dict[str, Any]:
         data = inbound.payload
-        if len(data) > self._max_bytes:
-            raise _Rejected(
-                RejectionReason.payload_too_large,
-                f"message is {len(data)} bytes; the limit is {self._max_bytes}",
-            )
         encoding = inbound.properties.get("content-encoding", "").lower()
         if encoding not in ("", "gzip", "identity"):
             raise _Rejected(
-                RejectionReason.invalid_encoding, f"unsupported content-encoding {encoding!r}"
+                RejectionReason.invalid_encoding,
+                f"unsupported content-encoding {describe(encoding)}",
             )
         if encoding == "gzip" or (encoding == "" and data.startswith(GZIP_MAGIC)):
             data = self._gunzip(data)
@@ -222,11 +280,18 @@ class CommandDecoder:
         except (ValueError, RecursionError) as exc:
             # ValueError: malformed, or an integer too long to convert; RecursionError: nested
             # deeper than the parser goes. Both are the sender's JSON, not our failure.
-            raise _Rejected(RejectionReason.invalid_json, f"invalid JSON: {exc}") from exc
+            detail = capped(str(exc), 200)
+            raise _Rejected(RejectionReason.invalid_json, f"invalid JSON: {detail}") from exc
         if not isinstance(body, dict):
             raise _Rejected(
                 RejectionReason.invalid_json,
                 f"a command is a JSON object, not {type(body).__name__}",
+            )
+        if "\\u" in text and contains_surrogate(body):
+            raise _Rejected(
+                RejectionReason.invalid_encoding,
+                "the JSON holds a lone surrogate (a \\ud800-\\udfff escape that is not "
+                "part of a pair): it is not Unicode text",
             )
         return body
 
@@ -250,12 +315,14 @@ class CommandDecoder:
             )
         return out
 
-    def _authenticate(self, key: str | None) -> None:
+    def _authenticate(self, key: object) -> None:
         if self._api_keys is None:
             return
         if key is None:
             raise _Rejected(RejectionReason.unauthorized, "x-api-key is missing")
-        given = key.encode()
+        if not isinstance(key, str):
+            raise _Rejected(RejectionReason.unauthorized, "x-api-key is not valid")
+        given = key.encode("utf-8", "surrogatepass")
         # Compare against every key so the time taken does not tell which one nearly matched.
         matched = False
         for known in self._api_keys:
@@ -264,13 +331,17 @@ class CommandDecoder:
             raise _Rejected(RejectionReason.unauthorized, "x-api-key is not valid")
 
     def _correlation_id(self, headers: Mapping[str, Any], inbound: Inbound) -> str:
+        """The sender's id for its command, in the contract's form: the header; else MQTT 5
+        correlation data, as it is when printable ASCII, else hex; else one of ours."""
         value = headers.get("x-correlation-id")
-        if isinstance(value, str) and 0 < len(value) <= CORRELATION_ID_MAX:
+        if isinstance(value, str) and is_correlation_id(value):
             return value
-        if inbound.correlation_data:
-            text = inbound.correlation_data.decode("utf-8", errors="replace")
-            if len(text) <= CORRELATION_ID_MAX:
-                return text
+        data = inbound.correlation_data
+        if isinstance(data, bytes) and data:
+            if len(data) <= 255 and _PRINTABLE_DATA.fullmatch(data):
+                return data.decode("ascii")
+            if len(data) <= CORRELATION_DATA_HEX_MAX:
+                return "0x" + data.hex()
         return self._new_id()
 
 
@@ -283,11 +354,11 @@ def _check_type(headers: Mapping[str, Any], partial: _Partial) -> None:
     raw_type = headers.get("x-message-type")
     if raw_type is None:
         return
-    partial.message_type = str(raw_type)
-    if raw_type not in MESSAGE_TYPES:
+    partial.message_type = raw_type if isinstance(raw_type, str) else None
+    if not isinstance(raw_type, str) or raw_type not in MESSAGE_TYPES:
         raise _Rejected(
             RejectionReason.unknown_message_type,
-            f"x-message-type {raw_type!r} is not one of {', '.join(sorted(MESSAGE_TYPES))}",
+            f"x-message-type {describe(raw_type)} is not one of {', '.join(sorted(MESSAGE_TYPES))}",
         )
 
 
@@ -298,7 +369,7 @@ def _check_queue_id(queue_id: str) -> None:
         message = exc.errors(include_url=False)[0]["msg"]
         raise _Rejected(
             RejectionReason.schema_violation,
-            f"queueId {queue_id!r} (the topic's last level) is invalid: {message}",
+            f"queueId {describe(queue_id)} (the topic's last level) is invalid: {message}",
             (FieldError(path="queueId", message=message),),
         ) from exc
 
@@ -337,16 +408,30 @@ def _validate(model: type[_M], data: Mapping[str, Any], *, prefix: str) -> _M:
     # Strict, and as JSON: the contract's types exactly ("yes" is no boolean), while enums,
     # UUIDs and date-times are still read from their JSON strings.
     try:
-        return model.model_validate_json(json.dumps(data), strict=True)
+        text = json.dumps(data)
+    except (ValueError, RecursionError) as exc:
+        raise _Rejected(
+            RejectionReason.schema_violation, f"invalid {model.__name__}: nested too deeply"
+        ) from exc
+    try:
+        return model.model_validate_json(text, strict=True)
     except ValidationError as exc:
+        found = exc.errors(include_url=False, include_input=False)
+        # Capped: an attacker's payload may hold thousands of bad fields with long names.
         errors = tuple(
             FieldError(
-                path=prefix + ".".join(str(part) for part in error["loc"]) or "(root)",
-                message=error["msg"],
+                path=capped(
+                    prefix + ".".join(str(part) for part in error["loc"]) or "(root)",
+                    FIELD_TEXT_MAX,
+                ),
+                message=capped(error["msg"], FIELD_TEXT_MAX),
             )
-            for error in exc.errors(include_url=False, include_input=False)
+            for error in found[:MAX_FIELD_ERRORS]
         )
         summary = "; ".join(f"{e.path}: {e.message}" for e in errors[:5])
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
         raise _Rejected(
-            RejectionReason.schema_violation, f"invalid {model.__name__}: {summary}", errors
+            RejectionReason.schema_violation,
+            capped(f"invalid {model.__name__}: {summary}{more}", 1000),
+            errors,
         ) from exc

@@ -13,13 +13,18 @@ from enum import StrEnum
 from typing import Final
 from uuid import UUID
 
-from service.core.codec import Rejection
+from pydantic import ValidationError
+
+from service.core.codec import Rejection, valid_queue_id
 from service.core.jobs import Job
+from service.core.text import capped, is_correlation_id
 from service.models import (
     CommandRejected,
+    FieldError,
     JobStatus,
     PrintCounts,
     PrintJobEvent,
+    RejectionReason,
     StatusCounts,
     UpdatableField,
 )
@@ -27,6 +32,7 @@ from service.models import (
 __all__ = [
     "COUNTS_ROUTE_PREFIX",
     "EVENT_ROUTE_PREFIX",
+    "INVALID_QUEUE_ROUTE",
     "REJECTION_ROUTE_PREFIX",
     "Kind",
     "Outgoing",
@@ -38,6 +44,11 @@ __all__ = [
 EVENT_ROUTE_PREFIX: Final = "events/"
 COUNTS_ROUTE_PREFIX: Final = "counts/"
 REJECTION_ROUTE_PREFIX: Final = "rejections/"
+# Where a rejection goes when the topic's queueId is not one (no queueId starts with `_`).
+INVALID_QUEUE_ROUTE: Final = REJECTION_ROUTE_PREFIX + "_invalid"
+ECHO_MAX_BYTES: Final = 255
+MESSAGE_MAX_BYTES: Final = 1024
+MAX_ERRORS: Final = 20
 
 
 class Kind(StrEnum):
@@ -131,25 +142,58 @@ def counts_event(
 
 
 def rejection_event(rejection: Rejection, *, event_id: UUID, now: datetime) -> Outgoing:
-    """The answer to a command that could not be applied."""
-    event = CommandRejected(
-        eventId=event_id,
-        reason=rejection.reason,
-        message=rejection.message,
-        correlationId=rejection.correlation_id,
-        timestamp=now.astimezone(UTC),
-        jobId=rejection.job_id,
-        queueId=rejection.queue_id,
-        messageType=rejection.message_type,
-        errors=list(rejection.errors) or None,
-    )
+    """The answer to a command that could not be applied; never raises.
+
+    Whatever it echoes is made valid UTF-8 and capped, the correlation id and the routing
+    key fit AMQP's short strings, and an answer that still fails the contract's schema is
+    replaced by a bare `internal_error` one: a rejection must always be publishable.
+    """
+    correlation_id = rejection.correlation_id
+    if not is_correlation_id(correlation_id):
+        correlation_id = str(event_id)
+    queue_ok = valid_queue_id(rejection.queue_id)
+    route = REJECTION_ROUTE_PREFIX + rejection.queue_id if queue_ok else INVALID_QUEUE_ROUTE
+    try:
+        body = _rejection_body(rejection, event_id, correlation_id, now)
+    except (ValidationError, ValueError, TypeError):
+        body = CommandRejected(
+            eventId=event_id,
+            reason=RejectionReason.internal_error,
+            message="the service could not build the rejection of this command",
+            correlationId=correlation_id,
+            timestamp=now.astimezone(UTC),
+        ).model_dump_json(exclude_none=True)
     return Outgoing(
         message_id=str(event_id),
         kind=Kind.rejection,
-        routing_key=REJECTION_ROUTE_PREFIX + rejection.queue_id,
-        order_key=REJECTION_ROUTE_PREFIX + rejection.queue_id,
-        body=event.model_dump_json(exclude_none=True).encode(),
-        correlation_id=rejection.correlation_id,
+        routing_key=route,
+        order_key=route,
+        body=body.encode(),
+        correlation_id=correlation_id,
         label=rejection.reason.value,
         received_at=rejection.received_at,
     )
+
+
+def _rejection_body(
+    rejection: Rejection, event_id: UUID, correlation_id: str, now: datetime
+) -> str:
+    def echo(text: str | None) -> str | None:
+        return None if text is None else capped(text, ECHO_MAX_BYTES)
+
+    event = CommandRejected(
+        eventId=event_id,
+        reason=rejection.reason,
+        message=capped(rejection.message, MESSAGE_MAX_BYTES),
+        correlationId=correlation_id,
+        timestamp=now.astimezone(UTC),
+        jobId=echo(rejection.job_id),
+        queueId=echo(rejection.queue_id),
+        messageType=echo(rejection.message_type),
+        errors=[
+            FieldError(path=capped(e.path, ECHO_MAX_BYTES), message=capped(e.message, 255))
+            for e in rejection.errors[:MAX_ERRORS]
+        ]
+        or None,
+    )
+    return event.model_dump_json(exclude_none=True)

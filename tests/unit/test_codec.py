@@ -299,10 +299,16 @@ def test_correlation_data_is_used_without_the_property() -> None:
     assert accepted(message).correlation_id == "corr-data"
 
 
-def test_correlation_data_that_is_not_utf8_is_still_carried() -> None:
+def test_binary_correlation_data_is_carried_hex_encoded() -> None:
     message = inbound(as_json(CREATE), correlation_data=b"corr-\xff")
 
-    assert accepted(message).correlation_id == "corr-\ufffd"
+    assert accepted(message).correlation_id == "0x636f72722dff"
+
+
+def test_correlation_data_too_long_for_hex_is_replaced_by_ours() -> None:
+    message = inbound(as_json(CREATE), correlation_data=b"\xff" * 127)
+
+    assert accepted(message).correlation_id == GENERATED_ID
 
 
 @pytest.mark.parametrize("data", [None, b"", b"x" * 257], ids=["absent", "empty", "too-long"])
@@ -520,8 +526,9 @@ def test_missing_api_key() -> None:
 
     assert rejection.correlation_id == "corr-auth"
     assert "missing" in rejection.message
-    assert rejection.job_id == JOB_ID
-    assert rejection.message_type == MessageType.createPrintJob.value
+    # Authenticated before the payload is read: an unauthenticated sender learns nothing.
+    assert rejection.job_id is None
+    assert rejection.message_type is None
 
 
 @pytest.mark.parametrize("key", ["wrong", "", "key-on", "key-one ", "KEY-ONE"])
@@ -535,7 +542,7 @@ def test_wrong_api_key(key: str) -> None:
     )
 
     assert rejection.correlation_id == "corr-auth"
-    assert rejection.job_id == JOB_ID
+    assert rejection.job_id is None
 
 
 def test_wrong_api_key_in_an_envelope() -> None:
