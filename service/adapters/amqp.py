@@ -43,6 +43,7 @@ __all__ = [
     "REJECTIONS_EXCHANGE",
     "REJECTIONS_QUEUE",
     "AmqpPublisher",
+    "amqp_message",
     "message_body",
 ]
 
@@ -162,24 +163,8 @@ class AmqpPublisher:
         exchange = self._exchanges.get(message.kind)
         if exchange is None:
             raise ConnectionError("the AMQP publisher is not connected")
-        body = _gzip(message.body) if self._gzip else message.body
         await exchange.publish(
-            aio_pika.Message(
-                body,
-                content_type="application/json",
-                content_encoding="gzip" if self._gzip else None,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                priority=PRIORITY,
-                expiration=MESSAGE_TTL_S,
-                headers=_headers(message),
-                reply_to=REPLY_TO,
-                timestamp=datetime.now(UTC),
-                user_id=self._user_id,
-                type=message.kind.value,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                app_id=APP_ID,
-            ),
+            amqp_message(message, user_id=self._user_id, gzip_body=self._gzip),
             routing_key=message.routing_key,
             mandatory=False,
         )
@@ -198,6 +183,26 @@ class AmqpPublisher:
         self._metrics.broker_up.labels("amqp").set(1)
         self._metrics.reconnects.labels("amqp").inc()
         log.info("amqp_reconnected")
+
+
+def amqp_message(message: Outgoing, *, user_id: str, gzip_body: bool) -> aio_pika.Message:
+    """The AMQP message for an outbox message, with the contract's operation binding."""
+    return aio_pika.Message(
+        _gzip(message.body) if gzip_body else message.body,
+        content_type="application/json",
+        content_encoding="gzip" if gzip_body else None,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=PRIORITY,
+        expiration=MESSAGE_TTL_S,
+        headers=_headers(message),
+        reply_to=REPLY_TO,
+        timestamp=datetime.now(UTC),
+        user_id=user_id,
+        type=message.kind.value,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        app_id=APP_ID,
+    )
 
 
 def _gzip(body: bytes) -> bytes:
