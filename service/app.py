@@ -19,7 +19,8 @@ import contextlib
 import signal
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -69,6 +70,7 @@ class Service:
             publisher=self.publisher,
             metrics=self.metrics,
             concurrency=settings.publish_concurrency,
+            max_refusals=settings.dead_letter_after,
             leading=lambda: self.coordinator.owns(RELAY_LANE),
         )
         self.store.on_commit(self.relay.wake)
@@ -76,7 +78,9 @@ class Service:
         self.metrics.outbox_depth.set_function(lambda: self.store.outbox_depth)
         self.printers = Printers(self.queues, simulated_duration=settings.print_duration)
         self.documents = DocumentFetcher(
-            max_bytes=settings.document_max_bytes, timeout=settings.document_fetch_timeout
+            max_bytes=settings.document_max_bytes,
+            timeout=settings.document_fetch_timeout,
+            spool_dir=settings.document_spool_dir,
         )
         self.dispatcher = PrintDispatcher(
             store=self.store,
@@ -85,6 +89,7 @@ class Service:
             documents=self.documents,
             coordinator=self.coordinator,
             metrics=self.metrics,
+            max_interruptions=settings.print_max_interruptions,
         )
         self.handler = CommandHandler(
             decoder=CommandDecoder(
@@ -156,15 +161,21 @@ class Service:
                 return
             ingress_done = asyncio.Event()
             relay_done = asyncio.Event()
+            # Every loop recovers from what it can (broker and store outages) by itself; a
+            # failure that reaches here is a bug: logged, it stops the service (non-zero).
             async with asyncio.TaskGroup() as tasks:
+
+                def start(name: str, loop: Coroutine[Any, Any, None]) -> None:
+                    tasks.create_task(_supervised(name, loop), name=name)
+
                 # The lease outlives the relay: lanes are given back only once it is done.
-                tasks.create_task(self.coordinator.run(relay_done), name="coordinator")
-                tasks.create_task(self.dispatcher.run(ingress_done), name="dispatcher")
-                tasks.create_task(self._publish(ingress_done, relay_done), name="relay")
+                start("coordinator", self.coordinator.run(relay_done))
+                start("dispatcher", self.dispatcher.run(ingress_done))
+                start("relay", self._publish(ingress_done, relay_done))
                 if isinstance(self.store, PostgresStore):
-                    tasks.create_task(self._count_outbox(self.store, relay_done), name="outbox")
-                tasks.create_task(self._ingest(ingress_done), name="ingress")
-                tasks.create_task(self._announce_ready(), name="ready")
+                    start("outbox", self._count_outbox(self.store, relay_done))
+                start("ingress", self._ingest(ingress_done))
+                start("ready", self._announce_ready())
         finally:
             await self.printers.close()
             await self.documents.close()
@@ -200,6 +211,14 @@ class Service:
                 log.info("service_ready", http_port=self.http.port)
                 return
             await asyncio.sleep(0.05)
+
+
+async def _supervised(name: str, loop: Coroutine[Any, Any, None]) -> None:
+    try:
+        await loop
+    except Exception:
+        log.critical("task_failed", task=name, detail="the service stops", exc_info=True)
+        raise
 
 
 def _coordinator(settings: Settings, store: JobStore, queues: QueueMap) -> Coordinator:

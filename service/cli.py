@@ -54,6 +54,7 @@ from service.ports import StoreError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_CONFIG, EXIT_STORE = 0, 1, 2, 3, 4
+EXIT_FAILED = 5  # a background loop failed (a bug): the log says which, with its traceback
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +86,9 @@ def _run_service(settings: Settings) -> int:
         # No retry loop here: an orchestrator restarts the process, and says why it failed.
         print(f"print-service: the job store is unavailable: {exc}", file=sys.stderr)
         return EXIT_STORE
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback by the task that failed
+        print(f"print-service: stopped by a failure: {exc!r}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

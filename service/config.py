@@ -117,12 +117,18 @@ class Settings(BaseSettings):
     # PostgreSQL, several replicas: how long a replica's lanes stay its own without a
     # renewal (the backstop when its last will is lost); 0: MQTT_KEEPALIVE.
     replica_lease_seconds: float = Field(default=0.0, ge=0)
+    # An event the AMQP broker refuses this many times, published alone, is parked.
+    dead_letter_after: int = Field(default=3, ge=1, le=100)
 
     print_duration: float = Field(default=2.0, ge=0)
     # Queues and their printers (TOML); unset: one simulated printer per queueId.
     print_queues_file: Path | None = None
     document_max_bytes: int = Field(default=104_857_600, ge=1)
     document_fetch_timeout: float = Field(default=30.0, gt=0)
+    # Where documents fetched by URL are spooled while they print; unset: the system's.
+    document_spool_dir: Path | None = None
+    # A job whose printing the service's stop interrupted this many times fails instead.
+    print_max_interruptions: int = Field(default=3, ge=1, le=100)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)

@@ -23,6 +23,7 @@ from functools import partial
 
 import structlog
 
+from service.aio import first_of
 from service.core import jobs
 from service.core.events import job_event
 from service.core.queues import QueueMap
@@ -43,6 +44,7 @@ from service.ports import (
     PrintOutcome,
     PrintRequest,
     StoreError,
+    StoreRefused,
 )
 
 __all__ = ["PrintDispatcher"]
@@ -62,8 +64,10 @@ class PrintDispatcher:
         documents: DocumentSource,
         coordinator: Coordinator,
         metrics: Metrics,
+        max_interruptions: int = 3,
     ) -> None:
         self._store = store
+        self._max_interruptions = max_interruptions
         self._coordinator = coordinator
         self._queues = queues
         self._printers = printers
@@ -86,7 +90,7 @@ class PrintDispatcher:
         """Own the workers until `stopping` is set; jobs being printed then stay `started`."""
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            await self._recover()
+            await self._recover(stopping)
             await stopping.wait()
             self._tasks = None
             for worker in self._workers.values():
@@ -228,7 +232,7 @@ class PrintDispatcher:
             log.exception("expiry_not_recorded", job_id=job_id)
             self._reload_later(job_id)
 
-    async def _recover(self) -> None:
+    async def _recover(self, stopping: asyncio.Event) -> None:
         """Pick up what the store says is unfinished, after a restart.
 
         Waiting jobs wait again, in their order. A job that was being printed is printed
@@ -236,7 +240,18 @@ class PrintDispatcher:
         again is the only way to a real `finished` (no second `started` is published).
         """
         resumed = 0
-        for job in await self._store.waiting_jobs():
+        pause = 0.5
+        while True:
+            try:
+                unfinished = await self._store.waiting_jobs()
+                break
+            except StoreError as exc:
+                if stopping.is_set():
+                    return
+                log.warning("jobs_not_recovered_yet", error=str(exc), retry_in_s=pause)
+                await first_of(asyncio.sleep(pause), stopping.wait())
+                pause = min(pause * 2, 10.0)
+        for job in unfinished:
             self._metrics.jobs.labels(job.status.value).inc()
             if job.status is JobStatus.started:
                 self._resume.add(job.job_id)
@@ -290,6 +305,11 @@ class PrintDispatcher:
                             log.exception("failure_not_recorded", job_id=job_id)
                             self._reload_later(job_id)
                     continue
+                except Exception:
+                    # A printer's adapter must not take the others down: treat it as away.
+                    log.exception("printer_ready_failed", printer=printer.name)
+                    await asyncio.sleep(1.0)
+                    continue
                 self._unavailable.discard(printer.name)
                 if (job_id := self._waiting.pop(lane)) is None:
                     return
@@ -303,7 +323,7 @@ class PrintDispatcher:
                     self._reload_later(job_id)
                 except Exception:
                     log.exception("print_failed", job_id=job_id, printer=printer.name)
-                    with contextlib.suppress(StoreError):
+                    with contextlib.suppress(StoreError, StoreRefused):
                         await self._fail(job_id, "the service failed while printing the job", lane)
                 finally:
                     self._printing.pop(job_id, None)
@@ -322,9 +342,8 @@ class PrintDispatcher:
     async def _print(self, printer: Printer, job_id: str, lane: str) -> None:
         if job_id in self._resume:
             self._resume.discard(job_id)
-            async with self._store.transaction() as tx:
-                job = await tx.get(job_id)
-            if job is None or job.status is not JobStatus.started:
+            job: jobs.Job | None = await self._interrupted(job_id, lane)
+            if job is None:
                 return
         else:
             self._printing[job_id] = printer
@@ -384,13 +403,49 @@ class PrintDispatcher:
             printer_job=job.printer_job,
         )
 
-    async def _record_printer_job(self, job_id: str, lane: str, reference: str) -> None:
-        """Keep which job of the printer is ours: a restart or a takeover follows it there
-        rather than printing the document a second time."""
+    async def _interrupted(self, job_id: str, lane: str) -> jobs.Job | None:
+        """A job that was printing when the service stopped, about to print again: count the
+        interruption (durably, before printing), and fail the job once it has been cut short
+        `max_interruptions` times: a document that crashes the service must not crash-loop
+        it. The job to print, or None."""
         async with self._store.transaction(lane=lane) as tx:
             job = await tx.get(job_id)
-            if job is not None and job.status is JobStatus.started:
-                tx.put(dataclasses.replace(job, printer_job=reference))
+            if job is None or job.status is not JobStatus.started:
+                return None
+            interruptions = job.interruptions + 1
+            if interruptions < self._max_interruptions:
+                resumed = dataclasses.replace(job, interruptions=interruptions)
+                tx.put(resumed)
+                return resumed
+            reason = f"printing was interrupted {interruptions} times (the service stopped)"
+            failed = jobs.fail(job, reason=reason, now=datetime.now(UTC))
+            if isinstance(failed, jobs.Refusal):
+                return None
+            tx.put(failed)
+            tx.emit(
+                job_event(
+                    failed,
+                    event_id=uuid.uuid4(),
+                    correlation_id=job.correlation_id,
+                    received_at=None,
+                )
+            )
+        self._metrics.jobs.labels(job.status.value).dec()
+        self._metrics.jobs.labels(failed.status.value).inc()
+        log.warning("job_failed_interrupted", job_id=job_id, interruptions=interruptions)
+        return None
+
+    async def _record_printer_job(self, job_id: str, lane: str, reference: str) -> None:
+        """Keep which job of the printer is ours: a restart or a takeover follows it there
+        rather than printing the document a second time. Best effort: if the store is away,
+        the print goes on (a restart then prints the job again from the start)."""
+        try:
+            async with self._store.transaction(lane=lane) as tx:
+                job = await tx.get(job_id)
+                if job is not None and job.status is JobStatus.started:
+                    tx.put(dataclasses.replace(job, printer_job=reference))
+        except (StoreError, StoreRefused) as exc:
+            log.warning("printer_job_not_recorded", job_id=job_id, error=str(exc))
 
     async def _fail(self, job_id: str, reason: str, lane: str) -> None:
         await self._transition(job_id, partial(jobs.fail, reason=reason), lane)

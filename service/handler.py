@@ -2,11 +2,19 @@
 
 A command's whole effect (job row and outbox messages) is one store transaction. Nothing here
 raises for bad input: every command that cannot be applied becomes a `commandRejected`.
+
+What one command does never costs another. A batch that fails for anything but a store
+outage is applied again one command at a time; the command that fails is answered with
+`internal_error`; one whose answer cannot be stored either is parked as a dead letter with
+its raw bytes. Only a `StoreError` (the store is away) leaves commands unacknowledged, to
+be delivered again once it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +25,10 @@ import structlog
 
 from service.aio import resolved
 from service.core import jobs
-from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection
+from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.core.events import Outgoing, counts_event, job_event, rejection_event
 from service.core.queues import QueueMap
+from service.core.text import capped
 from service.dispatcher import PrintDispatcher
 from service.metrics import Metrics
 from service.models import (
@@ -30,7 +39,7 @@ from service.models import (
     RejectionReason,
     UpdatePrintJob,
 )
-from service.ports import JobStore, StoreError, StoreTransaction
+from service.ports import DeadLetter, JobStore, StoreError, StoreRefused, StoreTransaction
 
 __all__ = ["CommandHandler"]
 
@@ -88,22 +97,59 @@ class CommandHandler:
             return await self._apply(decoded)
         except StoreError:
             raise
-        except Exception:  # noqa: BLE001 - a bug in one command; found and answered below
-            for one in decoded:
-                await self.handle_one(one)
+        except Exception:  # noqa: BLE001 - one command's fault; found and answered below
+            for inbound, one in zip(inbounds, decoded, strict=True):
+                await self._handle_alone(inbound, one)
             return resolved()
 
-    async def handle_one(self, decoded: DecodedCommand | Rejection) -> None:
-        """Apply one command and wait for its commit; a bug is answered with `internal_error`."""
+    async def _handle_alone(self, inbound: Inbound, decoded: DecodedCommand | Rejection) -> None:
+        """Apply one command and wait for its commit; if that fails, answer it with
+        `internal_error`; if that fails too, park it. Raises only StoreError."""
         try:
             await (await self._apply([decoded]))
         except StoreError:
             raise
+        except Exception as exc:  # noqa: BLE001 - logged by _failed, answered below
+            self._failed(exc, decoded)
+        else:
+            return
+        answer = _internal_error(decoded)
+        try:
+            await (await self._apply([answer]))
+        except StoreError:
+            raise
+        except Exception as exc:
+            log.exception("rejection_failed", correlation_id=answer.correlation_id)
+            await self._park(inbound, f"neither applied nor answered: {exc!r}")
+
+    def _failed(self, exc: Exception, decoded: DecodedCommand | Rejection) -> None:
+        ids = {"correlation_id": decoded.correlation_id, "queue_id": decoded.queue_id}
+        if isinstance(exc, StoreRefused):
+            self._metrics.store_refusals.inc()
+            log.error("command_refused_by_store", error=str(exc), **ids)
+        else:
+            log.error("command_failed", exc_info=exc, **ids)
+
+    async def _park(self, inbound: Inbound, reason: str) -> None:
+        letter = DeadLetter(
+            source="command",
+            reason=reason,
+            address=inbound.topic,
+            payload=inbound.payload,
+            properties=dict(inbound.properties),
+            attempts=1,
+            at=time.time(),
+        )
+        try:
+            await self._store.park(letter)
+        except StoreError:
+            raise
         except Exception:
-            log.exception("command_failed", correlation_id=decoded.correlation_id)
-            if isinstance(decoded, DecodedCommand):
-                decoded = _refused(decoded, RejectionReason.internal_error, "the command failed")
-            await (await self._apply([decoded]))
+            # Not even that can be stored: the log is the last place it is kept.
+            log.exception("dead_letter_lost", topic=letter.address, size=len(inbound.payload))
+        else:
+            log.error("command_parked", topic=letter.address, reason=reason)
+        self._metrics.dead_letters.labels("command").inc()
 
     async def _apply(self, commands: Sequence[DecodedCommand | Rejection]) -> asyncio.Future[None]:
         after_commit: list[Callable[[], None]] = []
@@ -221,7 +267,8 @@ class CommandHandler:
     ) -> None:
         tx.emit(rejection_event(rejection, event_id=uuid.uuid4(), now=datetime.now(UTC)))
         _log_rejection(rejection)
-        label = rejection.message_type or "unknown"
+        # Only the contract's names: a label made from input would be an attacker's to set.
+        label = rejection.message_type if rejection.message_type in MESSAGE_TYPES else "unknown"
         after_commit.append(self._metrics.commands.labels(label, "rejected").inc)
 
 
@@ -236,14 +283,31 @@ def _run_after_commit(effects: list[Callable[[], None]], durable: asyncio.Future
 
 
 def _log_rejection(rejection: Rejection) -> None:
-    log.warning(
+    (log.error if rejection.cause is not None else log.warning)(
         "command_rejected",
         reason=rejection.reason.value,
-        detail=rejection.message,
-        message_type=rejection.message_type,
+        detail=capped(rejection.message, 1024),
+        message_type=_echo(rejection.message_type),
         correlation_id=rejection.correlation_id,
-        job_id=rejection.job_id,
-        queue_id=rejection.queue_id,
+        job_id=_echo(rejection.job_id),
+        queue_id=_echo(rejection.queue_id),
+        exc_info=rejection.cause,
+    )
+
+
+def _echo(text: str | None) -> str | None:
+    return None if text is None else capped(text, 255)
+
+
+def _internal_error(decoded: DecodedCommand | Rejection) -> Rejection:
+    if isinstance(decoded, DecodedCommand):
+        return _refused(decoded, RejectionReason.internal_error, "the command failed")
+    return dataclasses.replace(
+        decoded,
+        reason=RejectionReason.internal_error,
+        message="the command's rejection could not be stored",
+        errors=(),
+        cause=None,
     )
 
 

@@ -85,6 +85,17 @@ class Metrics:
             "Publishes that failed and will be retried.",
             registry=registry,
         )
+        self.dead_letters = Counter(
+            "print_dead_letters_total",
+            "Messages parked as dead letters, by source (command or event).",
+            ["source"],
+            registry=registry,
+        )
+        self.store_refusals = Counter(
+            "print_store_refusals_total",
+            "Transactions the store refused for their data (answered as internal_error).",
+            registry=registry,
+        )
         self.last_wills = Counter(
             "print_last_wills_received_total",
             "Last wills of other MQTT clients seen on the last-will topic.",

@@ -7,7 +7,7 @@ Each has a production adapter beside it (`service.store`, `service.printers`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +19,7 @@ from service.models import JobStatus, PrintOptions
 
 __all__ = [
     "Coordinator",
+    "DeadLetter",
     "Document",
     "DocumentSource",
     "DocumentUnavailable",
@@ -36,12 +37,36 @@ __all__ = [
     "PrinterDirectory",
     "PrinterUnavailable",
     "StoreError",
+    "StoreRefused",
     "StoreTransaction",
 ]
 
 
 class StoreError(Exception):
     """The store cannot read or write. Nothing was applied; the command will come again."""
+
+
+class StoreRefused(Exception):  # noqa: N818 - a verdict on the data, not a bug
+    """The store cannot write this data as it is (text it cannot hold, a value out of
+    range): nothing was applied, and trying again would fail the same way."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A message the service gave up on, kept with its raw bytes for people to inspect.
+
+    `source` is `command` (an MQTT command that could not be handled, not even answered)
+    or `event` (an outbox message the AMQP broker refused for good).
+    """
+
+    source: str
+    reason: str
+    address: str  # the command's MQTT topic, or the event's routing key
+    payload: bytes
+    properties: Mapping[str, str]
+    attempts: int
+    at: float
+    id: int | None = None  # assigned by the store
 
 
 class LaneLost(StoreError):  # noqa: N818 - a state, not a bug
@@ -126,6 +151,19 @@ class JobStore(Protocol):
         ...
 
     async def mark_sent(self, positions: Iterable[int]) -> None: ...
+
+    async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
+        """Keep `letter` among the dead letters; with `position`, that outbox row goes in
+        the same commit (it will not be published)."""
+        ...
+
+    async def dead_letters(self, limit: int) -> Sequence[DeadLetter]:
+        """The oldest dead letters first."""
+        ...
+
+    async def drop_dead_letters(self, ids: Iterable[int]) -> None:
+        """Forget dead letters (once replayed, or judged)."""
+        ...
 
     async def document(self, job_id: str) -> bytes | None:
         """The inline document of a job that is not final."""

@@ -7,27 +7,42 @@ flight; a confirmed publish awaited in turn would be slow.
 
 A failed publish fails the rest of its job's chain. Once what is in flight has settled, the
 cursor goes back to the first failure and everything from there is taken again after a
-backoff: nothing is dropped, and a message published twice keeps its message id.
+backoff (reset once a publish succeeds): nothing is dropped, and a message published twice
+keeps its message id.
+
+Poison: a message that cannot be encoded (pamqp, the contract's headers) is parked as a
+dead letter at once; it never reached the wire. A message the broker refuses (406
+PRECONDITION_FAILED: over its size limit, a user id it rejects) closes the channel, and so
+fails every publish in flight with it: after such a round the failed rows are published
+again one at a time, so that a refusal is the message's own, and a message refused
+`max_refusals` times alone is parked. Store failures (reading the outbox, marking rows sent)
+are retried with backoff; the relay stops only when the service does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Callable
 
 import structlog
+from aiormq.exceptions import ChannelPreconditionFailed
+from pamqp.exceptions import PAMQPException
 
 from service.aio import first_of
 from service.core.events import Kind
 from service.metrics import Metrics
-from service.ports import EventPublisher, JobStore, OutboxRecord
+from service.ports import DeadLetter, EventPublisher, JobStore, OutboxRecord, StoreError
 
 __all__ = ["OutboxRelay"]
 
 log = structlog.get_logger(__name__)
 
+_FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
+# Raised before anything is sent: the message itself cannot be encoded.
+_UNENCODABLE = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
 _MARK_EVERY = 0.02  # seconds between batched mark_sent calls
 _FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica publishes now
 
@@ -41,9 +56,11 @@ class OutboxRelay:
         metrics: Metrics,
         concurrency: int,
         batch_size: int = 1000,
+        max_refusals: int = 3,
         leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        self._max_refusals = max_refusals
         # With several replicas, one publishes (so one job's events keep their order).
         self._leading = leading
         self._publisher = publisher
@@ -62,6 +79,10 @@ class OutboxRelay:
         self._last_error: Exception | None = None
         self._republish: set[str] = set()  # message ids whose publish failed at least once
         self._oldest_unsent: float | None = None
+        self._published = False  # a publish succeeded since the last retry round
+        self._refused = False  # a publish was refused by the broker in this round
+        self._serial_until: int | None = None  # publish one at a time up to this position
+        self._refusals: dict[int, int] = {}  # refused while published alone, by position
         metrics.outbox_oldest_age.set_function(self._oldest_age)
 
     def wake(self) -> None:
@@ -69,18 +90,27 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def run(self, stopping: asyncio.Event, *, drain_timeout: float) -> None:
-        """Publish until `stopping` is set and the outbox is empty (or `drain_timeout` passes)."""
-        marker = asyncio.create_task(self._mark_periodically())
+        """Publish until `stopping` is set and the outbox is empty (or `drain_timeout` passes).
+
+        The marker runs beside the stream in one task group: if either fails (a bug), both
+        stop and the failure reaches the service, which exits; neither dies alone.
+        """
         try:
-            await self._stream(stopping, drain_timeout)
+            async with asyncio.TaskGroup() as tasks:
+                marker = tasks.create_task(self._mark_periodically(), name="outbox-marker")
+                await self._stream(stopping, drain_timeout)
+                marker.cancel()
         finally:
-            marker.cancel()
-            await asyncio.gather(marker, return_exceptions=True)
             await self._settle()
-            await self._flush_confirmed()
+            try:
+                await self._flush_confirmed()
+            except StoreError as exc:
+                # Published again on the next start, with the same ids: consumers dedupe.
+                log.warning("outbox_not_marked_sent", rows=len(self._confirmed), error=str(exc))
 
     async def _stream(self, stopping: asyncio.Event, drain_timeout: float) -> None:
-        backoff = 0.1
+        backoff = _FIRST_BACKOFF
+        store_backoff = _FIRST_BACKOFF
         deadline: float | None = None
         while True:
             if stopping.is_set() and deadline is None:
@@ -90,6 +120,9 @@ class OutboxRelay:
                 return
             if self._failed:
                 await self._settle()
+                if self._published:
+                    backoff = _FIRST_BACKOFF  # publishing works again: a fresh start
+                self._published = False
                 await self._retry_from_failure(backoff, stopping)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
@@ -99,22 +132,46 @@ class OutboxRelay:
                 await first_of(stopping.wait(), asyncio.sleep(_FOLLOWER_WAIT))
                 continue
             self._wakeup.clear()
-            async with self._reading:
-                fetched = await self._store.unsent(self._batch_size, after=self._cursor)
-                records = [r for r in fetched if r.position not in self._taken]
+            try:
+                records = await self._read_unsent()
+            except StoreError as exc:
+                log.warning("outbox_read_failed", error=str(exc), retry_in_s=store_backoff)
+                await first_of(asyncio.sleep(store_backoff), stopping.wait())
+                store_backoff = min(store_backoff * 2, _MAX_BACKOFF)
+                continue
+            store_backoff = _FIRST_BACKOFF
             if records:
-                if self._oldest_unsent is None:
-                    self._oldest_unsent = records[0].enqueued_at
-                for record in records:
-                    await self._slots.acquire()
-                    self._start(record)
+                await self._take(records)
                 continue
             if not self._tails:
-                backoff = 0.1
+                backoff = _FIRST_BACKOFF
                 self._oldest_unsent = None
                 if stopping.is_set():
                     return
             await first_of(self._wakeup.wait(), stopping.wait(), asyncio.sleep(_MARK_EVERY))
+
+    async def _read_unsent(self) -> list[OutboxRecord]:
+        async with self._reading:
+            fetched = await self._store.unsent(self._batch_size, after=self._cursor)
+            return [r for r in fetched if r.position not in self._taken]
+
+    async def _take(self, records: list[OutboxRecord]) -> None:
+        """Start publishing `records`, one at a time where a refusal must be traced."""
+        if self._oldest_unsent is None:
+            self._oldest_unsent = records[0].enqueued_at
+        for record in records:
+            if self._serial_until is not None and record.position <= self._serial_until:
+                # One at a time: a refusal now is this message's own.
+                await self._settle()
+                await self._slots.acquire()
+                self._start(record)
+                await self._settle()
+                if self._failed:
+                    return
+                continue
+            self._serial_until = None
+            await self._slots.acquire()
+            self._start(record)
 
     def _start(self, record: OutboxRecord) -> None:
         self._cursor = max(self._cursor, record.position)
@@ -136,17 +193,65 @@ class OutboxRelay:
             return False
         try:
             await self._publisher.publish(message)
+        except _UNENCODABLE as exc:
+            return await self._park(record, f"cannot be encoded as AMQP: {exc!r}", attempts=1)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; logged per round
+            if isinstance(exc, ChannelPreconditionFailed):
+                self._refused = True
+                if self._serial_until is not None:
+                    refusals = self._refusals.get(record.position, 0) + 1
+                    self._refusals[record.position] = refusals
+                    if refusals >= self._max_refusals:
+                        reason = f"refused by the broker {refusals} times: {exc!r}"
+                        return await self._park(record, reason, attempts=refusals)
             self._last_error = exc
             self._failed.append(record.position)
             self._republish.add(message.message_id)
             self._metrics.publish_failures.inc()
             return False
+        self._published = True
+        self._refusals.pop(record.position, None)
         self._confirmed.append(record.position)
         if message.message_id in self._republish:
             self._republish.discard(message.message_id)
             self._metrics.redeliveries.inc()
         self._observe(record)
+        return True
+
+    async def _park(self, record: OutboxRecord, reason: str, *, attempts: int) -> bool:
+        """Take a message the broker will never accept out of the outbox, into the dead
+        letters (in one commit); its job's later messages go on. False if the store failed:
+        then it is retried like any failed publish."""
+        message = record.message
+        letter = DeadLetter(
+            source="event",
+            reason=reason,
+            address=message.routing_key,
+            payload=message.body,
+            properties={
+                "message_id": message.message_id,
+                "type": message.kind.value,
+                "correlation_id": message.correlation_id,
+            },
+            attempts=attempts,
+            at=time.time(),
+        )
+        try:
+            async with self._reading:
+                await self._store.park(letter, position=record.position)
+                self._taken.discard(record.position)
+        except StoreError as exc:
+            self._last_error = exc
+            self._failed.append(record.position)
+            return False
+        self._refusals.pop(record.position, None)
+        self._metrics.dead_letters.labels("event").inc()
+        log.error(
+            "event_parked",
+            message_id=message.message_id,
+            routing_key=message.routing_key,
+            reason=reason,
+        )
         return True
 
     async def _settle(self) -> None:
@@ -157,7 +262,14 @@ class OutboxRelay:
     async def _retry_from_failure(self, backoff: float, stopping: asyncio.Event) -> None:
         failed, self._failed = self._failed, []
         self._taken.difference_update(failed)
-        await self._flush_confirmed()
+        if self._refused:
+            # The broker closed the channel on someone: find whom, one at a time.
+            self._serial_until = max(failed)
+            self._refused = False
+        try:
+            await self._flush_confirmed()
+        except StoreError as exc:
+            log.warning("outbox_mark_failed", error=str(exc))
         # Take everything again from the first failure; what was confirmed since is gone.
         self._cursor = min(failed) - 1
         log.warning(
@@ -166,15 +278,28 @@ class OutboxRelay:
         await first_of(asyncio.sleep(backoff), stopping.wait())
 
     async def _mark_periodically(self) -> None:
+        pause = _MARK_EVERY
         while True:
-            await asyncio.sleep(_MARK_EVERY)
-            await self._flush_confirmed()
+            await asyncio.sleep(pause)
+            try:
+                await self._flush_confirmed()
+            except StoreError as exc:
+                # Kept, and marked on a later try; until then the rows stay taken here.
+                pause = min(max(pause * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
+                log.warning("outbox_mark_failed", error=str(exc), retry_in_s=pause)
+            else:
+                pause = _MARK_EVERY
 
     async def _flush_confirmed(self) -> None:
+        """Mark confirmed rows sent; on a StoreError they stay confirmed, for the next try."""
         if self._confirmed:
             async with self._reading:
                 confirmed, self._confirmed = self._confirmed, []
-                await self._store.mark_sent(confirmed)
+                try:
+                    await self._store.mark_sent(confirmed)
+                except BaseException:
+                    self._confirmed[:0] = confirmed
+                    raise
                 self._taken.difference_update(confirmed)
             if not self._tails:
                 self._oldest_unsent = None

@@ -7,7 +7,13 @@ not yet acknowledged. The session is persistent (MQTT 5 with a session expiry, o
 with clean session off), so commands published while the service is away wait for it.
 
 aiomqtt has no automatic reconnect: `run` makes a new client per attempt, forever, with
-backoff, logging each attempt.
+backoff, logging each attempt. The backoff resets once a command has been acknowledged on
+the new connection, not merely once it is up: a store that is away makes every connection
+fail at its first command, and the service must not hammer the broker meanwhile.
+
+Retained commands are never applied: over MQTT 5 the subscription asks for none (Retain
+Handling 2); one that arrives anyway (MQTT 3.1.1 sends them on every subscription) reaches
+the decoder marked retained, which rejects it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import structlog
 from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from service.adapters.mqtt_window import ReceiveWindow
@@ -33,6 +40,7 @@ from service.config import Settings
 from service.core.codec import Inbound
 from service.metrics import Metrics
 from service.models import LastWill, Status
+from service.ports import StoreError
 
 __all__ = ["MqttIngress"]
 
@@ -41,6 +49,7 @@ log = structlog.get_logger(__name__)
 COMMAND_QOS: Final = 1
 WILL_QOS: Final = 2
 MAX_BACKOFF_S: Final = 30.0
+STORE_RETRY_MAX_S: Final = 4.0
 # Leaving a shared group: wait for what the broker already sent us until it is quiet.
 GROUP_DRAIN_QUIET_S: Final = 0.5
 GROUP_DRAIN_MAX_S: Final = 5.0
@@ -69,6 +78,7 @@ class MqttIngress:
         self._connected = False
         self._handling = False
         self._received = 0
+        self._acknowledged = 0
         self._window: ReceiveWindow | None = None
         metrics.mqtt_backlog.set_function(self._backlog)
 
@@ -92,26 +102,48 @@ class MqttIngress:
             attempt += 1
             self._metrics.reconnects.labels("mqtt").inc()
             log.info("mqtt_connecting", url=self._url.redacted(), attempt=attempt)
+            acknowledged = self._acknowledged
             try:
                 async with self._client() as client:
                     self._set_connected(up=True)
                     log.info("mqtt_connected", client_id=self._client_id, attempt=attempt)
-                    attempt, backoff = 0, 0.5
-                    await client.subscribe(self._settings.commands_subscription, qos=COMMAND_QOS)
-                    await client.subscribe(self._settings.mqtt_last_will_topic, qos=COMMAND_QOS)
+                    await self._subscribe(client, self._settings.commands_subscription)
+                    await self._subscribe(client, self._settings.mqtt_last_will_topic)
                     await self._consume_until_stopped(client, handle, stopping)
             except aiomqtt.MqttError as exc:
                 log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(backoff, 2))
+            except StoreError as exc:
+                # The store is away: what was not committed is not acknowledged, and the
+                # broker delivers it again on the next connection. Retry soon: an outage of
+                # the store should not turn into a long pause once it is back.
+                backoff = min(backoff, STORE_RETRY_MAX_S)
+                log.warning(
+                    "commands_not_acknowledged",
+                    why="the store is unavailable",
+                    error=str(exc),
+                    retry_in_s=round(backoff, 2),
+                )
             except Exception:
                 # Handling failed (the store, say): the command was not acknowledged. Reconnect,
                 # so that the broker delivers it again, rather than skipping it.
                 log.exception("mqtt_ingress_failed", retry_in_s=round(backoff, 2))
             finally:
                 self._set_connected(up=False)
+                if self._acknowledged > acknowledged:
+                    attempt, backoff = 0, 0.5  # it worked for a while: start afresh
             if not stopping.is_set():
                 await _sleep_unless(stopping, backoff * random.uniform(0.8, 1.2))  # noqa: S311
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         log.info("mqtt_stopped")
+
+    async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
+        if self._v5:
+            options = SubscribeOptions(
+                qos=COMMAND_QOS, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
+            await client.subscribe(topic, options=options)
+        else:
+            await client.subscribe(topic, qos=COMMAND_QOS)
 
     def _client(self) -> aiomqtt.Client:
         settings = self._settings
@@ -168,7 +200,7 @@ class MqttIngress:
         committing: asyncio.Queue[_Committing | None] = asyncio.Queue()
         slots = asyncio.Semaphore(BATCHES_COMMITTING)
         consumer = asyncio.create_task(self._consume(client, handle, finished, committing, slots))
-        acker = asyncio.create_task(_ack_in_order(client, committing, slots))
+        acker = asyncio.create_task(self._ack_in_order(client, committing, slots))
         watcher = asyncio.create_task(self._finish(client, consumer, stopping, finished))
         try:
             await asyncio.wait({consumer, acker}, return_when=asyncio.FIRST_COMPLETED)
@@ -275,6 +307,28 @@ class MqttIngress:
             log.warning("peer_last_will", instance=will.instance, detail=will.message)
             self._on_peer_will(will.instance)
 
+    async def _ack_in_order(
+        self,
+        client: aiomqtt.Client,
+        committing: asyncio.Queue[_Committing | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        """Acknowledge each batch once it is committed, in the order received (as MQTT asks).
+
+        A failed commit raises here: nothing after it is acknowledged, and the broker delivers
+        it all again on the next connection. Its slot is not given back, so the consumer applies
+        nothing more on this connection (it would be applied again after the redelivery).
+        """
+        while (batch := await committing.get()) is not None:
+            # Shielded: stopping this task must not cancel the store's commit future, whose
+            # callbacks hand the jobs to the printers.
+            await asyncio.shield(batch.committed)
+            slots.release()
+            for message in batch.messages:
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)  # noqa: SLF001
+            self._acknowledged += len(batch.messages)
+
     def _backlog(self) -> int:
         return 0 if self._window is None else self._window.held()
 
@@ -289,27 +343,6 @@ class _Committing:
 
     messages: list[aiomqtt.Message]
     committed: Awaitable[None]
-
-
-async def _ack_in_order(
-    client: aiomqtt.Client,
-    committing: asyncio.Queue[_Committing | None],
-    slots: asyncio.Semaphore,
-) -> None:
-    """Acknowledge each batch once it is committed, in the order received (as MQTT asks).
-
-    A failed commit raises here: nothing after it is acknowledged, and the broker delivers
-    it all again on the next connection. Its slot is not given back, so the consumer applies
-    nothing more on this connection (it would be applied again after the redelivery).
-    """
-    while (batch := await committing.get()) is not None:
-        # Shielded: stopping this task must not cancel the store's commit future, whose
-        # callbacks hand the jobs to the printers.
-        await asyncio.shield(batch.committed)
-        slots.release()
-        for message in batch.messages:
-            if message.qos > 0:
-                client._client.ack(message.mid, message.qos)  # noqa: SLF001
 
 
 def _inbound(message: aiomqtt.Message) -> Inbound:
@@ -328,8 +361,9 @@ def _inbound(message: aiomqtt.Message) -> Inbound:
         topic=message.topic.value,
         payload=payload,
         properties=properties,
-        correlation_data=correlation_data,
+        correlation_data=correlation_data if isinstance(correlation_data, bytes) else None,
         received_at=time.time(),
+        retained=bool(message.retain),
     )
 
 

@@ -1,9 +1,9 @@
 """Turn a raw MQTT command into a validated command, or into a rejection that says why not.
 
 Order of the checks, each of which ends the decoding with its own reason:
-retained → size → API key (MQTT 5 user property) → content encoding (gzip, capped) → UTF-8 →
-JSON object (no lone surrogates) → envelope → API key (envelope) → message type (header, or
-inferred from a bare payload) → queueId → headers → payload schema.
+size → API key (MQTT 5 user property) → content encoding (gzip, capped) → UTF-8 → JSON
+object (no lone surrogates) → envelope → API key (envelope) → retained → message type
+(header, or inferred from a bare payload) → queueId → headers → payload schema.
 Authentication comes before anything that costs: a caller without a key learns nothing else.
 
 `decode` never raises, for any bytes, topic, header value or length: what it cannot turn
@@ -212,13 +212,6 @@ class CommandDecoder:
         )
 
     def _decode(self, inbound: Inbound, queue_id: str, partial: _Partial) -> DecodedCommand:
-        if inbound.retained:
-            raise _Rejected(
-                RejectionReason.retained_command,
-                "a retained command is never applied (it would be applied again on every "
-                "subscription); publish it without the retain flag, and clear the retained "
-                "one with an empty retained message",
-            )
         if len(inbound.payload) > self._max_bytes:
             raise _Rejected(
                 RejectionReason.payload_too_large,
@@ -226,7 +219,7 @@ class CommandDecoder:
             )
         if "x-api-key" in inbound.properties:
             self._authenticate(inbound.properties["x-api-key"])
-        body = self._parse(inbound)
+        body = self._parse(inbound, partial)
         raw_headers: dict[str, Any] = dict(inbound.properties)
         if "content-encoding" in raw_headers:
             raw_headers["content-encoding"] = raw_headers["content-encoding"].lower()
@@ -236,14 +229,21 @@ class CommandDecoder:
             if isinstance(envelope_headers := body.get("headers"), dict):
                 raw_headers.update(envelope_headers)
                 partial.correlation_id = self._correlation_id(raw_headers, inbound)
+            self._authenticate(raw_headers.get("x-api-key"))
             if isinstance(envelope_payload := body.get("payload"), dict):
                 _note_job_id(partial, envelope_payload)
-            self._authenticate(raw_headers.get("x-api-key"))
             _check_type(raw_headers, partial)
             body = _validate(CommandEnvelope, body, prefix="").payload
         else:
             self._authenticate(raw_headers.get("x-api-key"))
         _note_job_id(partial, body)
+        if inbound.retained:
+            raise _Rejected(
+                RejectionReason.retained_command,
+                "a retained command is never applied (it would be applied again on every "
+                "subscription); publish it without the retain flag, and clear the retained "
+                "one with an empty retained message",
+            )
         _check_type(raw_headers, partial)
         _check_queue_id(queue_id)
         headers = _validate(CommandHeaders, raw_headers, prefix="headers.")
@@ -259,7 +259,7 @@ class CommandDecoder:
             document=_inline_document(message),
         )
 
-    def _parse(self, inbound: Inbound) -> dict[str, Any]:
+    def _parse(self, inbound: Inbound, partial: _Partial) -> dict[str, Any]:
         data = inbound.payload
         encoding = inbound.properties.get("content-encoding", "").lower()
         if encoding not in ("", "gzip", "identity"):
@@ -288,6 +288,8 @@ class CommandDecoder:
                 f"a command is a JSON object, not {type(body).__name__}",
             )
         if "\\u" in text and contains_surrogate(body):
+            payload = body.get("payload")
+            _note_job_id(partial, payload if isinstance(payload, dict) else body)
             raise _Rejected(
                 RejectionReason.invalid_encoding,
                 "the JSON holds a lone surrogate (a \\ud800-\\udfff escape that is not "

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from service.core.text import capped
 from service.models import (
     CreatePrintJob,
     InlineDocument,
@@ -93,6 +95,8 @@ class Job:
     request_digest: str = ""
     # The printer's own job for it, once submitted: taken up again, it is followed there.
     printer_job: str | None = None
+    # Times its printing was cut short by the service stopping (a crash, a takeover).
+    interruptions: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -187,7 +191,14 @@ def document_name(command: CreatePrintJob) -> str | None:
     return value if isinstance(value, str) else None
 
 
+REASON_MAX_BYTES: Final = 1024
+_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _advance(job: Job, status: JobStatus, now: datetime, reason: str | None = None) -> Job:
+    if reason is not None:
+        # Reasons quote printers and document servers: peers that may be hostile.
+        reason = capped(_CONTROL.sub("\ufffd", reason), REASON_MAX_BYTES)
     return dataclasses.replace(
         job, status=status, sequence=job.sequence + 1, updated_at=now, reason=reason
     )

@@ -30,8 +30,7 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 def capped(text: str, max_bytes: int) -> str:
     """`text` as valid Unicode (lone surrogates become U+FFFD) in at most `max_bytes` UTF-8
     bytes; a cut ends with `…`, and never splits a character."""
-    if _SURROGATE.search(text):
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = _SURROGATE.sub("\ufffd", text)
     data = text.encode("utf-8")
     if len(data) <= max_bytes:
         return text

@@ -8,6 +8,7 @@ restart loses everything.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.models import JobStatus
-from service.ports import OutboxRecord
+from service.ports import DeadLetter, OutboxRecord
 
 __all__ = ["MemoryStore"]
 
@@ -57,6 +58,8 @@ class MemoryStore:
         self._documents: dict[str, bytes] = {}
         self._outbox: dict[int, tuple[Outgoing, float]] = {}
         self._positions = itertools.count(1)
+        self._letters: dict[int, DeadLetter] = {}
+        self._letter_ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -96,6 +99,20 @@ class MemoryStore:
     async def mark_sent(self, positions: Iterable[int]) -> None:
         for position in positions:
             self._outbox.pop(position, None)
+
+    async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
+        async with self._lock:
+            id_ = next(self._letter_ids)
+            self._letters[id_] = dataclasses.replace(letter, id=id_)
+            if position is not None:
+                self._outbox.pop(position, None)
+
+    async def dead_letters(self, limit: int) -> Sequence[DeadLetter]:
+        return list(itertools.islice(self._letters.values(), limit))
+
+    async def drop_dead_letters(self, ids: Iterable[int]) -> None:
+        for id_ in ids:
+            self._letters.pop(id_, None)
 
     async def waiting_jobs(self) -> Sequence[Job]:
         unfinished = (job for job in self._jobs.values() if not job.is_final)

@@ -24,13 +24,17 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.models import JobStatus
-from service.ports import LaneLost, OutboxRecord, StoreError
+from service.ports import DeadLetter, LaneLost, OutboxRecord, StoreError, StoreRefused
 from service.store.leases import notify_payloads
 from service.store.rows import (
+    DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
     JOB_UPDATES,
     OUTBOX_COLUMNS,
     OUTBOX_INSERT_COLUMNS,
+    checked,
+    dead_letter_from_row,
+    dead_letter_row,
     history_row,
     job_from_row,
     job_row,
@@ -100,6 +104,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         owner TEXT
     )
     """,
+    """
+    CREATE TABLE dead_letters (
+        id BIGSERIAL PRIMARY KEY,
+        source TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL,
+        address TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        properties TEXT NOT NULL,
+        attempts INTEGER NOT NULL
+    )
+    """,
 )
 
 # Constant column names; the values are parameters.
@@ -115,6 +131,16 @@ _FENCE: Final = (
 )
 
 
+# Errors in what a transaction sent (its data, a statement), as opposed to the server or
+# the connection failing: the same transaction would fail the same way again.
+_REFUSALS: Final = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+)
+
+
 def _same(moment: datetime) -> datetime:
     return moment
 
@@ -127,7 +153,19 @@ class _Transaction:
         self.documents: dict[str, bytes] = {}
         self.messages: list[Outgoing] = []
         self.sent: list[int] = []
+        self.letters: list[DeadLetter] = []
+        self.dropped_letters: list[int] = []
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def writes(self) -> bool:
+        return bool(
+            self.jobs
+            or self.messages
+            or self.sent
+            or self.documents
+            or self.letters
+            or self.dropped_letters
+        )
 
     async def get(self, job_id: str) -> Job | None:
         if job_id in self.jobs:
@@ -156,6 +194,16 @@ class _Transaction:
 
     async def apply(self) -> None:
         conn = self._conn
+        now = time.time()
+        # Checked before anything is sent: a refusal is this transaction's, at once.
+        job_rows = checked([job_row(job, _same) for job in self.jobs.values()], nul_in_text=False)
+        history_rows = checked(
+            [history_row(job, _same) for job in self.jobs.values()], nul_in_text=False
+        )
+        outbox_rows = checked(
+            [outbox_row(message, now) for message in self.messages], nul_in_text=False
+        )
+        letter_rows = checked([dead_letter_row(x) for x in self.letters], nul_in_text=False)
         async with conn.cursor() as cursor:
             if self.documents:
                 await cursor.executemany(
@@ -171,12 +219,10 @@ class _Transaction:
                 # A document is kept only as long as its job may still print it.
                 await cursor.execute("DELETE FROM documents WHERE job_id = ANY(%s)", (done,))
             if self.jobs:
-                await cursor.executemany(
-                    _UPSERT_JOB, [job_row(job, _same) for job in self.jobs.values()]
-                )
+                await cursor.executemany(_UPSERT_JOB, job_rows)
                 await cursor.executemany(
                     "INSERT INTO job_history VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [history_row(job, _same) for job in self.jobs.values()],
+                    history_rows,
                 )
                 if self._instance is not None:
                     # Delivered on commit: the replica printing the job's lane hears of it.
@@ -186,16 +232,25 @@ class _Transaction:
                             self._instance, ((j.queue_id, j.job_id) for j in self.jobs.values())
                         ),
                     )
-            if self.messages:
-                now = time.time()
+            if outbox_rows:
                 await cursor.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [outbox_row(message, now) for message in self.messages],
+                    outbox_rows,
                 )
             if self.sent:
                 await cursor.execute(
                     "DELETE FROM outbox WHERE position = ANY(%s)", (list(self.sent),)
+                )
+            if letter_rows:
+                await cursor.executemany(
+                    f"INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) "  # noqa: S608
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    letter_rows,
+                )
+            if self.dropped_letters:
+                await cursor.execute(
+                    "DELETE FROM dead_letters WHERE id = ANY(%s)", (list(self.dropped_letters),)
                 )
 
 
@@ -289,8 +344,11 @@ class PostgresStore:
                 await tx.apply()
                 if lane is not None and self._notify_as is not None:
                     await self._fence(conn, lane)
-        except LaneLost:
+        except (LaneLost, StoreRefused):
             raise
+        except _REFUSALS as exc:
+            # The server refused this transaction's data or statement: not an outage.
+            raise StoreRefused(f"the store refused the transaction: {exc}") from exc
         except psycopg.Error as exc:
             self.healthy = False
             raise StoreError(f"store transaction failed: {exc}") from exc
@@ -301,7 +359,7 @@ class PostgresStore:
         tx.durable.set_result(None)
         if tx.messages or tx.sent:
             self._depth += len(tx.messages) - len(tx.sent)
-        if tx.jobs or tx.messages or tx.sent or tx.documents:
+        if tx.writes():
             for listener in self._listeners:
                 listener()
 
@@ -347,6 +405,26 @@ class PostgresStore:
         async with self.transaction(wait=False, relaxed=True) as tx:
             tx.sent.extend(positions)
 
+    async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
+        async with self.transaction() as tx:
+            tx.letters.append(letter)
+            if position is not None:
+                tx.sent.append(position)
+
+    async def dead_letters(self, limit: int) -> Sequence[DeadLetter]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                f"SELECT id, {DEAD_LETTER_COLUMNS} FROM dead_letters "  # noqa: S608
+                "ORDER BY id LIMIT %s",
+                (limit,),
+            )
+            rows = await cursor.fetchall()
+        return [dead_letter_from_row(row) for row in rows]
+
+    async def drop_dead_letters(self, ids: Iterable[int]) -> None:
+        async with self.transaction() as tx:
+            tx.dropped_letters.extend(ids)
+
     async def waiting_jobs(self) -> Sequence[Job]:
         async with self._read() as conn:
             cursor = await conn.execute(
@@ -362,4 +440,5 @@ class PostgresStore:
             async with self._pool.connection() as conn:
                 yield conn
         except (psycopg.Error, PoolTimeout) as exc:
+            self.healthy = False
             raise StoreError(f"store read failed: {exc}") from exc

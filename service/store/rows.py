@@ -9,13 +9,19 @@ from typing import Any, Final
 
 from service.core.events import Kind, Outgoing
 from service.core.jobs import DocumentRef, Job
+from service.core.text import capped
 from service.models import JobStatus, PrintOptions, Priority
+from service.ports import DeadLetter, StoreRefused
 
 __all__ = [
+    "DEAD_LETTER_COLUMNS",
     "JOB_COLUMNS",
     "JOB_UPDATES",
     "OUTBOX_COLUMNS",
     "Row",
+    "checked",
+    "dead_letter_from_row",
+    "dead_letter_row",
     "history_row",
     "job_from_row",
     "job_row",
@@ -41,7 +47,61 @@ OUTBOX_COLUMNS: Final = (
 # The columns an outbox insert gives (position is assigned by the database).
 OUTBOX_INSERT_COLUMNS: Final = OUTBOX_COLUMNS.removeprefix("position, ")
 
+DEAD_LETTER_COLUMNS: Final = "source, at, reason, address, payload, properties, attempts"
+_INT64: Final = range(-(2**63), 2**63)
+
 Timestamp = Callable[[datetime], Any]
+
+
+def checked(rows: list[Row], *, nul_in_text: bool) -> list[Row]:
+    """`rows` if every value can be written, else StoreRefused: the one transaction that
+    carries bad data is refused at once, not the group commit it would have joined.
+
+    Text must be valid UTF-8 (no lone surrogates); PostgreSQL's text holds no NUL.
+    """
+    for row in rows:
+        for value in row:
+            if isinstance(value, str):
+                try:
+                    value.encode()
+                except UnicodeEncodeError as exc:
+                    raise StoreRefused(f"text that is not valid Unicode: {exc.reason}") from exc
+                if not nul_in_text and "\x00" in value:
+                    raise StoreRefused("text with a NUL character")
+            elif isinstance(value, int) and value not in _INT64:
+                raise StoreRefused("an integer out of the 64-bit range")
+    return rows
+
+
+def dead_letter_row(letter: DeadLetter) -> Row:
+    # The properties as ASCII JSON: whatever they hold, the column can store it.
+    return (
+        letter.source,
+        letter.at,
+        _storable(letter.reason),
+        _storable(letter.address),
+        letter.payload,
+        json.dumps(dict(letter.properties), ensure_ascii=True),
+        letter.attempts,
+    )
+
+
+def _storable(text: str) -> str:
+    return capped(text, 4096).replace("\x00", "\ufffd")
+
+
+def dead_letter_from_row(row: Row) -> DeadLetter:
+    id_, source, at, reason, address, payload, properties, attempts = row
+    return DeadLetter(
+        id=id_,
+        source=source,
+        at=at,
+        reason=reason,
+        address=address,
+        payload=bytes(payload),
+        properties=json.loads(properties),
+        attempts=attempts,
+    )
 
 
 def job_row(job: Job, timestamp: Timestamp) -> Row:
@@ -80,6 +140,8 @@ def _details(job: Job) -> str:
         details["expireAfter"] = job.expire_at.isoformat()
     if job.printer_job is not None:
         details["printerJob"] = job.printer_job
+    if job.interruptions:
+        details["interruptions"] = job.interruptions
     return json.dumps(details, separators=(",", ":"))
 
 
@@ -104,6 +166,8 @@ def _print_request(text: str | None) -> dict[str, Any]:
         result["expire_at"] = datetime.fromisoformat(details["expireAfter"])
     if "printerJob" in details:
         result["printer_job"] = details["printerJob"]
+    if "interruptions" in details:
+        result["interruptions"] = details["interruptions"]
     return result
 
 

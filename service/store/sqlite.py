@@ -34,13 +34,17 @@ import structlog
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.models import JobStatus
-from service.ports import OutboxRecord, StoreError
+from service.ports import DeadLetter, OutboxRecord, StoreError
 from service.store.rows import (
+    DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
     JOB_UPDATES,
     OUTBOX_COLUMNS,
     OUTBOX_INSERT_COLUMNS,
     Row,
+    checked,
+    dead_letter_from_row,
+    dead_letter_row,
     history_row,
     job_from_row,
     job_row,
@@ -98,6 +102,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         data BLOB NOT NULL
     );
     """,
+    """
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        address TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        properties TEXT NOT NULL,
+        attempts INTEGER NOT NULL
+    );
+    """,
 )
 
 
@@ -108,7 +124,19 @@ class _Transaction:
         self.documents: dict[str, bytes] = {}
         self.messages: list[Outgoing] = []
         self.sent: list[int] = []
+        self.letters: list[DeadLetter] = []
+        self.dropped_letters: list[int] = []
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def writes(self) -> bool:
+        return bool(
+            self.jobs
+            or self.messages
+            or self.sent
+            or self.documents
+            or self.letters
+            or self.dropped_letters
+        )
 
     async def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id) or self._store.read_job(job_id)
@@ -137,15 +165,23 @@ class _Batch:
     dropped_documents: list[tuple[str]] = field(default_factory=list)
     outbox_rows: list[Row] = field(default_factory=list)
     sent: list[tuple[int]] = field(default_factory=list)
+    letters: list[Row] = field(default_factory=list)
+    dropped_letters: list[tuple[int]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def add(self, tx: _Transaction) -> None:
-        """Add `tx` whole or, if a row cannot be built, not at all."""
+        """Add `tx` whole or, if a row cannot be built or written, not at all (StoreRefused:
+        one command's bad data must not fail the commit of the others)."""
         now = time.time()
         jobs = list(tx.jobs.values())
-        job_rows = [job_row(job, _iso) for job in jobs]
-        history_rows = [history_row(job, _iso) for job in jobs]
-        outbox_rows = [outbox_row(message, now) for message in tx.messages]
+        job_rows = checked([job_row(job, _iso) for job in jobs], nul_in_text=True)
+        history_rows = checked([history_row(job, _iso) for job in jobs], nul_in_text=True)
+        outbox_rows = checked(
+            [outbox_row(message, now) for message in tx.messages], nul_in_text=True
+        )
+        letters = checked([dead_letter_row(letter) for letter in tx.letters], nul_in_text=True)
+        self.letters.extend(letters)
+        self.dropped_letters.extend((id_,) for id_ in tx.dropped_letters)
         self.jobs.extend(jobs)
         self.job_rows.extend(job_rows)
         self.history_rows.extend(history_rows)
@@ -253,7 +289,7 @@ class SqliteStore:
         del lane  # one replica: it holds every lane
         tx = _Transaction(self)
         yield tx
-        if not (tx.jobs or tx.messages or tx.sent or tx.documents):
+        if not tx.writes():
             tx.durable.set_result(None)
             return
         if self._writer is None or self._closing:
@@ -322,6 +358,23 @@ class SqliteStore:
         # same message ids, which consumers already deduplicate.
         async with self.transaction(wait=False) as tx:
             tx.sent.extend(positions)
+
+    async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
+        async with self.transaction() as tx:
+            tx.letters.append(letter)
+            if position is not None:
+                tx.sent.append(position)
+
+    async def dead_letters(self, limit: int) -> Sequence[DeadLetter]:
+        rows = self._read(
+            f"SELECT id, {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id LIMIT ?",  # noqa: S608
+            (limit,),
+        )
+        return [dead_letter_from_row(row) for row in rows]
+
+    async def drop_dead_letters(self, ids: Iterable[int]) -> None:
+        async with self.transaction() as tx:
+            tx.dropped_letters.extend(ids)
 
     async def waiting_jobs(self) -> Sequence[Job]:
         rows = self._read(
@@ -423,6 +476,12 @@ class SqliteStore:
                 # One writer and AUTOINCREMENT: the batch's rows are the last positions.
                 last_position = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
             conn.executemany("DELETE FROM outbox WHERE position = ?", batch.sent)
+            conn.executemany(
+                f"INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                batch.letters,
+            )
+            conn.executemany("DELETE FROM dead_letters WHERE id = ?", batch.dropped_letters)
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (SQLITE_FULL does).

@@ -551,7 +551,7 @@ def test_wrong_api_key_in_an_envelope() -> None:
     rejection = rejected(inbound(body), RejectionReason.unauthorized, a_decoder(api_keys=KEYS))
 
     assert rejection.correlation_id == "corr-env"
-    assert rejection.job_id == JOB_ID
+    assert rejection.job_id is None
 
 
 def test_auth_comes_before_the_payload_schema() -> None:
