@@ -45,7 +45,7 @@ from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 
-__all__ = ["Service"]
+__all__ = ["Service", "open_store"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,7 @@ class Service:
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
         self.queues = settings.queue_map()
-        self.store = _store(settings)
+        self.store = open_store(settings)
         self.coordinator = _coordinator(settings, self.store, self.queues)
         self.publisher = AmqpPublisher(
             url=settings.amqp,
@@ -247,8 +247,8 @@ def _amqp_ssl(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _store(settings: Settings) -> JobStore:
-    """The store `DATABASE_URL` names."""
+def open_store(settings: Settings) -> JobStore:
+    """The store `DATABASE_URL` names (not yet opened)."""
     url = settings.database_url
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(

@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command in (None, "run"):
         return _run_service(settings)
+    if args.command == "dead-letters":
+        return _dead_letters(args, settings)
     return asyncio.run(_client_command(args, settings))
 
 
@@ -92,6 +94,22 @@ def _run_service(settings: Settings) -> int:
     return EXIT_OK
 
 
+def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from service.app import open_store  # noqa: PLC0415 - only this command needs it
+    from service.deadletters import dead_letters_command  # noqa: PLC0415
+
+    return asyncio.run(
+        dead_letters_command(
+            settings,
+            open_store(settings),
+            replay=args.replay,
+            drop=args.drop,
+            limit=args.limit,
+            as_json=args.json,
+        )
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="print-service",
@@ -100,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the service (the default)")
+    letters = sub.add_parser(
+        "dead-letters", help="list the parked messages (DATABASE_URL); replay or drop some"
+    )
+    letters.add_argument("--replay", type=int, nargs="+", default=[], metavar="ID")
+    letters.add_argument("--drop", type=int, nargs="+", default=[], metavar="ID")
+    letters.add_argument("--limit", type=int, default=50)
+    letters.add_argument("--json", action="store_true", help="one JSON object a line")
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
