@@ -81,6 +81,7 @@ class PrintDispatcher:
         self._unavailable: set[str] = set()  # printers past their offline deadline
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._claiming: set[str] = set()
+        self._resyncing = False
         self._tasks: asyncio.TaskGroup | None = None
         coordinator.subscribe(
             gained=self._lanes_gained, lost=self._lanes_lost, job_changed=self._job_changed
@@ -103,7 +104,10 @@ class PrintDispatcher:
         return self._queues.lane(queue_id) or queue_id
 
     def enqueue(self, job: jobs.Job) -> None:
-        """A created job waits for its lane's printers (one to resume, ahead of the rest)."""
+        """A created job waits for its lane's printers (one to resume, ahead of the rest).
+        A job already waiting or printing here stays as it is."""
+        if job.job_id in self._waiting or job.job_id in self._printing:
+            return
         lane = self._lane(job.queue_id)
         if not self._coordinator.owns(lane):
             self._claim(lane)  # if another replica holds the lane, it prints the job
@@ -143,24 +147,35 @@ class PrintDispatcher:
         finally:
             self._claiming.discard(lane)
 
+    def resync(self) -> None:
+        """A store write failed with its outcome unknown (the connection died during the
+        commit): it may have committed, and the commands come again as duplicates, which
+        change nothing. Load from the store whatever unfinished job is not known here."""
+        if self._tasks is not None and not self._resyncing:
+            self._resyncing = True  # one at a time: an outage fails many batches
+            task = self._tasks.create_task(self._load(None))
+            task.add_done_callback(lambda _: setattr(self, "_resyncing", False))
+
     def _lanes_gained(self, lanes: list[str]) -> None:
         if self._tasks is not None:
             self._tasks.create_task(self._load(set(lanes)))
 
-    async def _load(self, lanes: set[str]) -> None:
-        """Take over the unfinished jobs of `lanes`: waiting ones wait here now, and ones
-        another replica was printing are printed again from the start."""
+    async def _load(self, lanes: set[str] | None) -> None:
+        """Take over the unfinished jobs of `lanes` (None: of every lane held here): waiting
+        ones wait here now, and ones another replica was printing are printed again from
+        the start."""
         loaded = resumed = 0
         try:
             unfinished = await self._store.waiting_jobs()
         except StoreError:
-            log.exception("lanes_not_loaded", lanes=sorted(lanes))
+            log.exception("lanes_not_loaded", lanes=sorted(lanes or ()))
             await asyncio.sleep(1.0)
             if self._tasks is not None:
                 self._tasks.create_task(self._load(lanes))
             return
         for job in unfinished:
-            if self._lane(job.queue_id) not in lanes:
+            lane = self._lane(job.queue_id)
+            if lane not in lanes if lanes is not None else not self._coordinator.owns(lane):
                 continue
             if job.job_id in self._waiting or job.job_id in self._printing:
                 continue
@@ -169,7 +184,10 @@ class PrintDispatcher:
                 resumed += 1
             loaded += 1
             self.enqueue(job)
-        log.info("lanes_taken_over", lanes=sorted(lanes), jobs=loaded, resumed=resumed)
+        if lanes is None:
+            log.info("jobs_resynced", jobs=loaded, resumed=resumed)
+        else:
+            log.info("lanes_taken_over", lanes=sorted(lanes), jobs=loaded, resumed=resumed)
 
     def _lanes_lost(self, lanes: list[str]) -> None:
         """Another replica may hold these lanes now: stop printing them here."""

@@ -96,6 +96,8 @@ class CommandHandler:
         try:
             return await self._apply(decoded)
         except StoreError:
+            # It may have committed all the same: the printers catch up with the store.
+            self._dispatcher.resync()
             raise
         except Exception:  # noqa: BLE001 - one command's fault; found and answered below
             for inbound, one in zip(inbounds, decoded, strict=True):
