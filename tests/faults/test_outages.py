@@ -2,9 +2,11 @@
 restarted (`stop_app`/`start_app`). The service runs as a process and must stay up through
 them, finish every job, lose nothing and announce no change twice (issue 10, "Store outages").
 
-Each prints its figures, also when it fails (then with the store's view: jobs per status, the
-outbox's rows, and the service's log file). These tests restart the machine's PostgreSQL and
-RabbitMQ: they always start them again, and wait until they answer, before they end.
+These tests restart the machine's PostgreSQL and RabbitMQ: they always start them again, and
+wait until they answer, before they end; and each holds a machine-wide lock meanwhile (a second
+run of them waits, instead of restarting the services under the first one's burst). Each prints
+its figures, also when it fails (then with the store's view: jobs per status, the outbox's rows,
+and the service's log file).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -28,6 +31,7 @@ from tests.faults.tools import (
     count_events,
     count_events_durably,
     created_rows,
+    one_outage_at_a_time,
     postgres_ctl,
     postgres_running,
     publish_burst,
@@ -46,6 +50,15 @@ pytestmark = pytest.mark.brokers
 
 STATUSES = ("created", "started", "finished")
 OUTAGE = 15.0  # seconds PostgreSQL is away in test_postgresql_away_for_a_while
+
+
+@pytest.fixture(autouse=True)
+async def one_at_a_time(report: Report) -> AsyncIterator[None]:
+    """These tests restart machine-wide services: runs of them wait for each other."""
+    async with one_outage_at_a_time(timeout=200) as waited:
+        if waited > 1:
+            report("outage-lock", waited_s=round(waited, 1))
+        yield
 
 
 def redelivered(events: EventCount) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -501,3 +503,31 @@ def store_summary(database: str, queue_id: str) -> dict[str, int]:
             fetched = pg.execute(outbox.encode()).fetchone()
             depth = fetched[0] if fetched else 0
     return {**{f"jobs_{status}": n for status, n in sorted(rows)}, "outbox_rows": int(depth)}
+
+
+OUTAGE_LOCK = Path(tempfile.gettempdir()) / "print-service-outage-tests.lock"
+
+
+@contextlib.asynccontextmanager
+async def one_outage_at_a_time(*, timeout: float = 240) -> AsyncIterator[float]:
+    """Holds a machine-wide lock while a test restarts the shared PostgreSQL or RabbitMQ.
+
+    Two runs at once (two people, or CI and a person) would restart them under each other's
+    bursts and count each other's outages. Yields the seconds waited for the lock.
+    """
+    started = time.monotonic()
+    with OUTAGE_LOCK.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - started > timeout:
+                    raise AssertionError(
+                        f"another run of the outage tests held {OUTAGE_LOCK} for {timeout} s"
+                    ) from None
+                await asyncio.sleep(0.5)
+        try:
+            yield time.monotonic() - started
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
