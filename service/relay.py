@@ -240,7 +240,9 @@ class OutboxRelay:
             async with self._reading:
                 await self._store.park(letter, position=record.position)
                 self._taken.discard(record.position)
-        except StoreError as exc:
+        except Exception as exc:  # retried like a failed publish: never lost
+            if not isinstance(exc, StoreError):
+                log.exception("event_not_parked", message_id=message.message_id)
             self._last_error = exc
             self._failed.append(record.position)
             return False
