@@ -531,3 +531,29 @@ async def one_outage_at_a_time(*, timeout: float = 240) -> AsyncIterator[float]:
             yield time.monotonic() - started
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def wait_for_all(
+    service: ServiceProcess,
+    count: Callable[[], int],
+    target: int,
+    *,
+    timeout: float,
+    stall: float = 30.0,
+    what: str,
+) -> None:
+    """Until `count()` reaches `target`; fails at once if the service dies, and tells a stall
+    (no progress for `stall` seconds) from slowness (progress, but not by `timeout`)."""
+    started = last_change = time.monotonic()
+    last = count()
+    while last < target:
+        if (died := service_died(service)) is not None:
+            raise AssertionError(f"{what}: {last}/{target}; {died}")
+        now = time.monotonic()
+        if now - last_change > stall:
+            raise AssertionError(f"{what}: stalled at {last}/{target} (no progress for {stall} s)")
+        if now - started > timeout:
+            raise AssertionError(f"{what}: too slow, {last}/{target} after {timeout} s")
+        await asyncio.sleep(0.1)
+        if (current := count()) != last:
+            last, last_change = current, time.monotonic()
