@@ -154,7 +154,8 @@ def busy_lanes_of(database: str, instance: str) -> set[str]:
 
 async def all_final(book: Ledger, database: str) -> None:
     try:
-        await wait_for(lambda: len(book.finals_per_job()) >= JOBS, timeout=60, what="all final")
+        # Generous: on a loaded 2-core machine the shared outbox drains at ~40 events/s.
+        await wait_for(lambda: len(book.finals_per_job()) >= JOBS, timeout=150, what="all final")
     except AssertionError:
         with psycopg.connect(database) as conn:
             stuck = conn.execute(
@@ -162,8 +163,13 @@ async def all_final(book: Ledger, database: str) -> None:
                 "LEFT JOIN lanes l ON l.lane = j.queue_id "
                 "WHERE j.status IN ('created', 'started') LIMIT 20"
             ).fetchall()
+            unsent = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            relay = conn.execute("SELECT owner FROM lanes WHERE lane = '@relay'").fetchone()
         missing = sorted(set(book.jobs_with("created")) - set(book.finals_per_job()))[:20]
-        raise AssertionError(f"not final: {missing}; unfinished in the store: {stuck}") from None
+        raise AssertionError(
+            f"{len(book.finals_per_job())} of {JOBS} final; not final: {missing}; unfinished "
+            f"in the store: {stuck}; outbox rows unsent: {unsent}; relay held by: {relay}"
+        ) from None
 
 
 def check_exactly_once(book: Ledger, ids: list[str]) -> dict[str, int]:
