@@ -435,22 +435,9 @@ class PrintDispatcher:
                 resumed = dataclasses.replace(job, interruptions=interruptions)
                 tx.put(resumed)
                 return resumed
-            reason = f"printing was interrupted {interruptions} times (the service stopped)"
-            failed = jobs.fail(job, reason=reason, now=datetime.now(UTC))
-            if isinstance(failed, jobs.Refusal):
-                return None
-            tx.put(failed)
-            tx.emit(
-                job_event(
-                    failed,
-                    event_id=uuid.uuid4(),
-                    correlation_id=job.correlation_id,
-                    received_at=None,
-                )
-            )
-        self._metrics.jobs.labels(job.status.value).dec()
-        self._metrics.jobs.labels(failed.status.value).inc()
         log.warning("job_failed_interrupted", job_id=job_id, interruptions=interruptions)
+        reason = f"printing was interrupted {interruptions} times (the service stopped)"
+        await self._fail(job_id, reason, lane)
         return None
 
     async def _record_printer_job(self, job_id: str, lane: str, reference: str) -> None:
