@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["first_of", "resolved"]
+__all__ = ["first_of", "resolved", "sleep_unless"]
 
 
 def resolved() -> asyncio.Future[None]:
@@ -24,3 +24,15 @@ async def first_of(*waits: Coroutine[Any, Any, object]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds`, or less if `event` is set first (a retry loop's pause that must
+    not hold up shutdown). Whether `event` is set."""
+    if not event.is_set():
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return False
+    return True

@@ -29,21 +29,21 @@ from service.adapters.amqp import AmqpPublisher
 from service.adapters.documents import DocumentFetcher
 from service.adapters.http import HealthServer
 from service.adapters.mqtt import MqttIngress
+from service.adapters.printers.directory import Printers
+from service.adapters.solo import Solo
+from service.adapters.store.leases import RELAY_LANE, PostgresLeases
+from service.adapters.store.memory import MemoryStore
+from service.adapters.store.postgres import PostgresStore
+from service.adapters.store.sqlite import SqliteStore
 from service.aio import first_of
+from service.application.dispatcher import PrintDispatcher
+from service.application.handler import CommandHandler
+from service.application.relay import OutboxRelay
 from service.config import Settings
 from service.core.codec import CommandDecoder
 from service.core.queues import QueueMap
-from service.dispatcher import PrintDispatcher
-from service.handler import CommandHandler
 from service.metrics import Metrics
 from service.ports import Coordinator, JobStore, StoreError
-from service.printers.directory import Printers
-from service.relay import OutboxRelay
-from service.solo import Solo
-from service.store.leases import RELAY_LANE, PostgresLeases
-from service.store.memory import MemoryStore
-from service.store.postgres import PostgresStore
-from service.store.sqlite import SqliteStore
 
 __all__ = ["Service", "open_store"]
 

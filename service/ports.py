@@ -1,6 +1,6 @@
 """The seams between the core and the outside: small Protocols, one per kind of adapter.
 
-Each has a production adapter beside it (`service.store`, `service.printers`,
+Each has a production adapter beside it (`service.adapters.store`, `service.adapters.printers`,
 `service.adapters`) and can be replaced by a fake in unit tests.
 """
 
@@ -120,6 +120,28 @@ class JobStore(Protocol):
     @property
     def outbox_depth(self) -> int:
         """Committed messages not yet marked sent."""
+        ...
+
+    async def read_job(self, job_id: str) -> Job | None:
+        """The job as the last transaction left it, without locking it (a reader that will
+        not write it back)."""
+        ...
+
+    def apply_commands(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """A transaction for a batch of commands. Its exit returns once the writes are
+        applied (later transactions see them) and may return before they are durable:
+        `durable` resolves once they are, and only then may the commands be acknowledged.
+        One durable commit may serve many batches."""
+        ...
+
+    def record_progress(self, lane: str) -> AbstractAsyncContextManager[StoreTransaction]:
+        """A transaction for what a printer of `lane` reported about its job.
+
+        Fenced: it raises LaneLost, applying nothing, unless this replica holds `lane` until
+        it commits. The service can redo it (the job is reloaded and printed again), so the
+        store may report the commit before it is on disk, and the exit may return before
+        the commit: `durable` says how it went.
+        """
         ...
 
     def transaction(

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from service.adapters import amqp
-from service.adapters.mqtt import COMMAND_QOS, WILL_QOS
+from service.adapters.mqtt.ingress import COMMAND_QOS, WILL_QOS
 from service.config import Settings
 from service.models import JobStatus, MessageType, RejectionReason
 

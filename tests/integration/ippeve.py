@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from service.ipp.attributes import operation_attributes
-from service.ipp.encoding import (
+from service.adapters.ipp.attributes import operation_attributes
+from service.adapters.ipp.encoding import (
     Attribute,
     Group,
     GroupTag,

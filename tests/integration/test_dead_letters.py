@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from service.adapters.store.sqlite import SqliteStore
+from service.application.deadletters import dead_letters_command
 from service.config import Settings
-from service.deadletters import dead_letters_command
 from service.ports import DeadLetter
-from service.store.sqlite import SqliteStore
 from tests.conftest import Brokers
 from tests.integration.conftest import Listener, ServiceFactory, statuses, unique
 

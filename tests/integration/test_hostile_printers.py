@@ -25,9 +25,8 @@ from typing import Any, Final
 import pytest
 
 from service.adapters.documents import DocumentFetcher
-from service.adapters.spool import Spool, SpooledDocument
-from service.ipp.client import MAX_RESPONSE_BYTES
-from service.ipp.encoding import (
+from service.adapters.ipp.client import MAX_RESPONSE_BYTES
+from service.adapters.ipp.encoding import (
     Attribute,
     Group,
     GroupTag,
@@ -38,6 +37,8 @@ from service.ipp.encoding import (
     decode,
     encode,
 )
+from service.adapters.printers.ipp import IppPrinter
+from service.adapters.spool import Spool, SpooledDocument
 from service.models import PrintOptions
 from service.ports import (
     Document,
@@ -46,7 +47,6 @@ from service.ports import (
     PrintOutcome,
     PrintRequest,
 )
-from service.printers.ipp import IppPrinter
 from tests.integration.conftest import (
     Listener,
     Publisher,

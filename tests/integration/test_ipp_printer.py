@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from service.ipp.attributes import PrinterState
-from service.ipp.client import http_url
+from service.adapters.ipp.attributes import PrinterState
+from service.adapters.ipp.client import http_url
+from service.adapters.printers.ipp import IppPrinter, PrinterStatus
 from service.models import ColorMode, Orientation, PageRange, PrintOptions, PrintQuality, Sides
 from service.ports import InlineDocument, PrinterUnavailable, PrintOutcome, PrintRequest
-from service.printers.ipp import IppPrinter, PrinterStatus
 from tests.integration.ippeve import IppEvePrinter, IppEveUnavailableError
 
 PrinterFactory = Callable[..., IppPrinter]

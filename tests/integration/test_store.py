@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from service.adapters.store.memory import MemoryStore
+from service.adapters.store.postgres import PostgresStore
+from service.adapters.store.sqlite import SqliteStore
 from service.core import jobs
 from service.core.events import job_event
 from service.models import CreatePrintJob, JobStatus, UpdatePrintJob
 from service.ports import JobStore, StoreError
-from service.store.memory import MemoryStore
-from service.store.postgres import PostgresStore
-from service.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

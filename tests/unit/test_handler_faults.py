@@ -17,17 +17,17 @@ from typing import Any, Final
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.adapters.solo import Solo
+from service.adapters.store.memory import MemoryStore
+from service.application.dispatcher import PrintDispatcher
+from service.application.handler import CommandHandler
 from service.core.codec import CommandDecoder, Inbound
 from service.core.events import Kind, Outgoing
 from service.core.jobs import Job
 from service.core.queues import QueueMap
-from service.dispatcher import PrintDispatcher
-from service.handler import CommandHandler
 from service.metrics import Metrics
 from service.models import MessageType
 from service.ports import Document, Printer, StoreError, StoreRefused
-from service.solo import Solo
-from service.store.memory import MemoryStore
 
 QUEUE: Final = "queue-1"
 TOPIC: Final = f"commands/{QUEUE}"

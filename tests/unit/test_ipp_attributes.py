@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service.ipp.attributes import (
+from service.adapters.ipp.attributes import (
     DEFAULT_USER,
     OPTION_ATTRIBUTES,
     ORIENTATION_ENUMS,
@@ -17,7 +17,7 @@ from service.ipp.attributes import (
     job_template,
     print_job_groups,
 )
-from service.ipp.encoding import (
+from service.adapters.ipp.encoding import (
     Attribute,
     Collection,
     GroupTag,

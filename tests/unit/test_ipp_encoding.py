@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from service.ipp.encoding import (
+from service.adapters.ipp.encoding import (
     Attribute,
     Collection,
     Group,

@@ -20,11 +20,11 @@ from aiormq.exceptions import ChannelPreconditionFailed
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from service.adapters.store.memory import MemoryStore
+from service.application.relay import OutboxRelay
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
 from service.ports import OutboxRecord, StoreError
-from service.relay import OutboxRelay
-from service.store.memory import MemoryStore
 
 WAIT: Final = 2.0  # seconds: the most any condition below may take
 

@@ -11,10 +11,10 @@ from typing import Final
 
 import pytest
 
+from service.adapters.printers.simulated import SimulatedPrinter
 from service.adapters.spool import CHUNK_BYTES, Spool, SpooledDocument
 from service.models import PrintOptions
 from service.ports import Document, InlineDocument, PrintOutcome, PrintRequest
-from service.printers.simulated import SimulatedPrinter
 
 _PROC_FD: Final = Path("/proc/self/fd")
 DATA: Final = bytes(range(256)) * (3 * CHUNK_BYTES // 256) + b"tail"  # several chunks, uneven

@@ -20,8 +20,8 @@ from typing import Final, Literal
 
 import structlog
 
-from service.ipp.attributes import JobState, PrinterState, describe
-from service.ipp.client import (
+from service.adapters.ipp.attributes import JobState, PrinterState, describe
+from service.adapters.ipp.client import (
     MIN_UPLOAD_RATE,
     IppClient,
     IppError,
@@ -29,7 +29,7 @@ from service.ipp.client import (
     IppProtocolError,
     IppRequestError,
 )
-from service.ipp.encoding import Group, Status
+from service.adapters.ipp.encoding import Group, Status
 from service.ports import (
     OnSubmitted,
     PrinterUnavailable,

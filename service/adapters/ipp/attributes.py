@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from service.ipp.encoding import (
+from service.adapters.ipp.encoding import (
     Attribute,
     Collection,
     Data,

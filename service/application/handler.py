@@ -24,12 +24,12 @@ from functools import partial
 import structlog
 
 from service.aio import resolved
+from service.application.dispatcher import PrintDispatcher
 from service.core import jobs
 from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.core.events import Outgoing, counts_event, job_event, rejection_event
 from service.core.queues import QueueMap
 from service.core.text import capped
-from service.dispatcher import PrintDispatcher
 from service.metrics import Metrics
 from service.models import (
     CancelPrintJob,

@@ -1,2 +1,2 @@
 """IPP: the message format (`encoding`), our options as IPP attributes (`attributes`), and an
-async client over HTTP (`client`). The printer adapter is `service.printers.ipp`."""
+async client over HTTP (`client`). The printer adapter is `service.adapters.printers.ipp`."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Final
 
@@ -21,12 +21,8 @@ import structlog
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.core.events import Outgoing
-from service.core.jobs import Job
-from service.models import JobStatus
-from service.ports import DeadLetter, LaneLost, OutboxRecord, StoreError, StoreRefused
-from service.store.leases import notify_payloads
-from service.store.rows import (
+from service.adapters.store.leases import notify_payloads
+from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
     JOB_UPDATES,
@@ -41,6 +37,10 @@ from service.store.rows import (
     outbox_row,
     outgoing_from_row,
 )
+from service.core.events import Outgoing
+from service.core.jobs import Job
+from service.models import JobStatus
+from service.ports import DeadLetter, LaneLost, OutboxRecord, StoreError, StoreRefused
 
 __all__ = ["PostgresStore"]
 
@@ -433,6 +433,21 @@ class PostgresStore:
             )
             rows = await cursor.fetchall()
         return [job_from_row(row) for row in rows]
+
+    async def read_job(self, job_id: str) -> Job | None:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = %s",  # noqa: S608 - constant columns
+                (job_id,),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else job_from_row(row)
+
+    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
+        return self.transaction(wait=False)
+
+    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
+        return self.transaction(wait=False, relaxed=True, lane=lane)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,11 +31,7 @@ from typing import Final
 
 import structlog
 
-from service.core.events import Outgoing
-from service.core.jobs import Job
-from service.models import JobStatus
-from service.ports import DeadLetter, OutboxRecord, StoreError
-from service.store.rows import (
+from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
     JOB_UPDATES,
@@ -51,6 +47,10 @@ from service.store.rows import (
     outbox_row,
     outgoing_from_row,
 )
+from service.core.events import Outgoing
+from service.core.jobs import Job
+from service.models import JobStatus
+from service.ports import DeadLetter, OutboxRecord, StoreError
 
 __all__ = ["SqliteStore"]
 
@@ -139,7 +139,7 @@ class _Transaction:
         )
 
     async def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id) or self._store.read_job(job_id)
+        return self.jobs.get(job_id) or self._store._job(job_id)  # noqa: SLF001 - its own store
 
     def put(self, job: Job) -> None:
         self.jobs[job.job_id] = job
@@ -301,7 +301,7 @@ class SqliteStore:
         if wait:
             await tx.durable
 
-    def read_job(self, job_id: str) -> Job | None:
+    def _job(self, job_id: str) -> Job | None:
         if (job := self._unsaved_jobs.get(job_id)) is not None:
             return job
         row = self._read(
@@ -332,8 +332,14 @@ class SqliteStore:
                 counts[job.status] += 1
         return {status: count for status, count in counts.items() if count > 0}
 
-    async def get(self, job_id: str) -> Job | None:
-        return self.read_job(job_id)
+    async def read_job(self, job_id: str) -> Job | None:
+        return self._job(job_id)
+
+    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
+        return self.transaction(wait=False)
+
+    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
+        return self.transaction(wait=False, relaxed=True, lane=lane)
 
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         return self.read_counts(queue_id)

@@ -13,7 +13,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
@@ -82,6 +82,15 @@ class MemoryStore:
             tx.durable.set_result(None)
         for listener in self._listeners:
             listener()
+
+    async def read_job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
+        return self.transaction()
+
+    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
+        return self.transaction(lane=lane)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service.adapters.printers.ipp import IppPrinter
+from service.adapters.printers.simulated import SimulatedPrinter
 from service.core.queues import PrinterSpec, QueueMap
 from service.ports import Printer
-from service.printers.ipp import IppPrinter
-from service.printers.simulated import SimulatedPrinter
 
 __all__ = ["Printers"]
 

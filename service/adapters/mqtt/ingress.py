@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
-from service.adapters.mqtt_window import ReceiveWindow
+from service.adapters.mqtt.window import ReceiveWindow
 from service.aio import resolved
 from service.config import Settings
 from service.core.codec import Inbound
@@ -186,7 +186,7 @@ class MqttIngress:
             tls_params=tls,
         )
         # Where we reach into paho: acknowledge after commit, not on receipt, and read only
-        # as much as the receive window allows (service/adapters/mqtt_window.py).
+        # as much as the receive window allows (service/adapters/mqtt/window.py).
         client._client.manual_ack_set(on=True)  # noqa: SLF001
         self._window = ReceiveWindow(
             client, limit=settings.mqtt_receive_maximum, on_pause=self._metrics.mqtt_pauses.inc

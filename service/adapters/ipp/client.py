@@ -41,8 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import structlog
 
-from service.ipp.attributes import operation_attributes, print_job_groups
-from service.ipp.encoding import (
+from service.adapters.ipp.attributes import operation_attributes, print_job_groups
+from service.adapters.ipp.encoding import (
     Attribute,
     Group,
     GroupTag,
