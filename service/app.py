@@ -35,7 +35,7 @@ from service.adapters.store.leases import RELAY_LANE, PostgresLeases
 from service.adapters.store.memory import MemoryStore
 from service.adapters.store.postgres import PostgresStore
 from service.adapters.store.sqlite import SqliteStore
-from service.aio import first_of
+from service.aio import sleep_unless
 from service.application.dispatcher import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.application.relay import OutboxRelay
@@ -51,11 +51,19 @@ log = structlog.get_logger(__name__)
 
 
 class Service:
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queues: QueueMap,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """Wire the service; nothing is read or connected until `run`. `queues` is the
+        queue configuration, read (and refused if invalid) before: `Settings.queue_map()`."""
         self.settings = settings
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
-        self.queues = settings.queue_map()
+        self.queues = queues
         self.store = open_store(settings)
         self.coordinator = _coordinator(settings, self.store, self.queues)
         self.publisher = AmqpPublisher(
@@ -195,7 +203,7 @@ class Service:
         while not done.is_set():
             with contextlib.suppress(StoreError):
                 await store.refresh_depth()
-            await first_of(done.wait(), asyncio.sleep(5.0))
+            await sleep_unless(done, 5.0)
 
     async def _ingest(self, done: asyncio.Event) -> None:
         try:
@@ -210,7 +218,7 @@ class Service:
                 self.ready.set()
                 log.info("service_ready", http_port=self.http.port)
                 return
-            await asyncio.sleep(0.05)
+            await sleep_unless(self.stopping, 0.05)
 
 
 async def _supervised(name: str, loop: Coroutine[Any, Any, None]) -> None:

@@ -75,13 +75,18 @@ def _run_service(settings: Settings) -> int:
     from service.app import Service  # noqa: PLC0415 - the client commands do not need it
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    try:
+        queues = settings.queue_map()
+    except ConfigError as exc:
+        print(f"print-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def run() -> None:
-        await Service(settings).run(install_signal_handlers=True)
+        await Service(settings, queues=queues).run(install_signal_handlers=True)
 
     try:
         asyncio.run(run())
-    except ConfigError as exc:
+    except ConfigError as exc:  # the brokers can refuse it too (AMQP_URL's user id)
         print(f"print-service: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except StoreError as exc:

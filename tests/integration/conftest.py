@@ -56,7 +56,8 @@ def start_service(brokers: Brokers, tmp_path) -> ServiceFactory:
             "store_synchronous": "NORMAL",
         }
         values.update(overrides)
-        service = Service(Settings(**values), registry=CollectorRegistry())
+        settings = Settings(**values)
+        service = Service(settings, queues=settings.queue_map(), registry=CollectorRegistry())
         task = asyncio.create_task(service.run())
         try:
             async with asyncio.timeout(15):
