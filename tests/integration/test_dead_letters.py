@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.adapters.store.sqlite import SqliteStore
-from service.application.deadletters import dead_letters_command
+from service.cli.deadletters import dead_letters_command
 from service.config import Settings
 from service.ports import DeadLetter
 from tests.conftest import Brokers

@@ -101,7 +101,7 @@ def _run_service(settings: Settings) -> int:
 
 def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     from service.app import open_store  # noqa: PLC0415 - only this command needs it
-    from service.application.deadletters import dead_letters_command  # noqa: PLC0415
+    from service.cli.deadletters import dead_letters_command  # noqa: PLC0415
 
     return asyncio.run(
         dead_letters_command(
