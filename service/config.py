@@ -188,8 +188,15 @@ class Settings(BaseSettings):
         """The queues of `PRINT_QUEUES_FILE`, or one simulated printer per queueId."""
         if self.print_queues_file is None:
             return QueueMap.dynamic()
+        path = self.print_queues_file
         try:
-            return QueueMap.from_toml(self.print_queues_file)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise QueueConfigError(f"cannot read {path}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise QueueConfigError(f"{path} is not valid TOML: not UTF-8 ({exc})") from exc
+            return QueueMap.from_toml(text, source=str(path))
         except QueueConfigError as exc:
             raise ConfigError(f"PRINT_QUEUES_FILE: {exc}") from None
 

@@ -553,7 +553,8 @@ def test_installed_service_drains_on_sigterm_and_exits_zero(image_venv, brokers:
 def test_the_compose_stacks_queue_file_is_a_valid_configuration():
     from service.core.queues import QueueMap  # noqa: PLC0415 - only this test needs it
 
-    queues = QueueMap.from_toml(ROOT / "deploy/compose/queues.toml")
+    path = ROOT / "deploy/compose/queues.toml"
+    queues = QueueMap.from_toml(path.read_text(), source=str(path))
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
     assert [p.uri for p in queues.printers_of("office")] == ["ipp://ippeveprinter:8631/ipp/print"]

@@ -4,8 +4,8 @@ A queue maps to one printer or a pool of them. Without a configuration every que
 own queue with its own simulated printer (the embedded default). With one, a queueId that is
 not configured is rejected, or printed by the configured default queue.
 
-The file (TOML, its path in `PRINT_QUEUES_FILE`) is parsed by `QueueMap.from_toml`; everything
-else here is pure.
+The file (TOML, its path in `PRINT_QUEUES_FILE`) is read by `Settings.queue_map` and parsed
+by `QueueMap.from_toml`; all of this module is pure.
 """
 
 from __future__ import annotations
@@ -126,15 +126,13 @@ class QueueMap:
         return None
 
     @classmethod
-    def from_toml(cls, path: Path) -> QueueMap:
+    def from_toml(cls, text: str, *, source: str) -> QueueMap:
+        """The configuration in `text` (TOML); `source` names it in errors (the file)."""
         try:
-            with path.open("rb") as file:
-                data = tomllib.load(file)
-        except OSError as exc:
-            raise QueueConfigError(f"cannot read {path}: {exc.strerror}") from exc
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise QueueConfigError(f"{path} is not valid TOML: {exc}") from exc
-        return cls.from_mapping(data, source=str(path))
+            raise QueueConfigError(f"{source} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(data, source=source)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "queues") -> QueueMap:

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from service.config import ConfigError, Settings
 from service.core.queues import QueueConfigError, QueueMap
 from service.models import CreatePrintJob, RejectionReason
 
@@ -41,9 +43,8 @@ def a_create(**fields: Any) -> CreatePrintJob:
 
 
 def a_map(tmp_path: Path, text: str = CONFIG) -> QueueMap:
-    path = tmp_path / "queues.toml"
-    path.write_text(text)
-    return QueueMap.from_toml(path)
+    del tmp_path
+    return QueueMap.from_toml(text, source="queues.toml")
 
 
 def test_a_file_maps_queues_to_named_printers(tmp_path: Path) -> None:
@@ -147,5 +148,21 @@ def test_a_bad_file_is_refused_with_where_and_why(
 
 
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(QueueConfigError, match="cannot read"):
-        QueueMap.from_toml(tmp_path / "absent.toml")
+    with pytest.raises(ValidationError, match="no such file"):
+        Settings(print_queues_file=tmp_path / "absent.toml")
+
+
+def test_a_file_that_cannot_be_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "queues.toml"
+    path.write_text(CONFIG)
+    settings = Settings(print_queues_file=path)
+    path.unlink()  # gone between reading the settings and reading the file
+    with pytest.raises(ConfigError, match="PRINT_QUEUES_FILE: cannot read"):
+        settings.queue_map()
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "queues.toml"
+    path.write_bytes(b"[queues.office]\nprinters = ['\xff']\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        Settings(print_queues_file=path).queue_map()
