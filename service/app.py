@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from service.adapters.amqp import AmqpPublisher
 from service.adapters.documents import DocumentFetcher
 from service.adapters.http import HealthServer
-from service.adapters.mqtt import MqttIngress
+from service.adapters.mqtt import IngressOptions, MqttIngress
 from service.adapters.printers.directory import Printers
 from service.adapters.solo import Solo
 from service.adapters.store.leases import RELAY_LANE, PostgresLeases
@@ -112,7 +112,9 @@ class Service:
             metrics=self.metrics,
         )
         self.ingress = MqttIngress(
-            settings=settings, metrics=self.metrics, on_peer_will=self._peer_died
+            options=IngressOptions.from_settings(settings),
+            metrics=self.metrics,
+            on_peer_will=self._peer_died,
         )
         self.http = HealthServer(
             host=settings.http_host,

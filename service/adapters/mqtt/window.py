@@ -9,7 +9,9 @@ stops, and TCP backpressure keeps the rest in the broker's queue, which is made 
 
 It replaces aiomqtt's socket reader with one that can pause: aiomqtt has no such hook. The
 reader does what aiomqtt's does (read until the socket has nothing pending, and report a
-read failure as the connection's end), and then checks the window.
+read failure as the connection's end), and then checks the window. Only the connection
+(client.py) makes one: it hands over paho's client, and what paho's API cannot tell (how
+many messages are held, how to end the connection).
 
 The window holds only once `arm` is called, when the consumer is taking messages: a paused
 reader reads no answers either, and a persistent session's queued commands arrive before
@@ -22,21 +24,30 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
 from paho.mqtt import client as paho_client
 
 __all__ = ["ReceiveWindow"]
 
 
 class ReceiveWindow:
-    """Reads `client`'s socket while it holds fewer than `limit` received messages."""
+    """Reads `paho`'s socket while fewer than `limit` received messages are `held`.
+
+    `held` counts what the client received and the consumer has not taken yet; `broken`
+    ends the connection with the error a read raised (the owner knows how).
+    """
 
     def __init__(
-        self, client: aiomqtt.Client, *, limit: int, on_pause: Callable[[], None] = lambda: None
+        self,
+        paho: paho_client.Client,
+        *,
+        held: Callable[[], int],
+        broken: Callable[[Exception], None],
+        limit: int,
+        on_pause: Callable[[], None] = lambda: None,
     ) -> None:
-        self._client = client
-        self._messages = client.messages  # a view of the client's queue
-        self._paho: paho_client.Client = client._client  # noqa: SLF001
+        self._paho = paho
+        self._held = held
+        self._broken = broken
         self._limit = limit
         self._resume_below = max(1, limit // 2)
         self._loop = asyncio.get_running_loop()
@@ -65,7 +76,7 @@ class ReceiveWindow:
 
     def taken(self) -> None:
         """The consumer took messages: read again once the client holds few enough."""
-        if self._paused and self.held() < self._resume_below:
+        if self._paused and self._held() < self._resume_below:
             sock = self._paho.socket()
             if sock is None or sock.fileno() != self._fd:
                 return  # the connection is gone; the next one has a window of its own
@@ -75,10 +86,6 @@ class ReceiveWindow:
     def _take_over(self, fd: int) -> None:
         self._fd = fd
         self._loop.add_reader(fd, self._read)
-
-    def held(self) -> int:
-        """Messages received and not yet taken by the consumer."""
-        return len(self._messages)
 
     def _read(self) -> None:
         try:
@@ -90,11 +97,9 @@ class ReceiveWindow:
                 if pending is None or pending() <= 0:
                     break
         except Exception as exc:  # noqa: BLE001 - the connection broke: end it, as aiomqtt does
-            disconnected = self._client._disconnected  # noqa: SLF001
-            if not disconnected.done():
-                disconnected.set_exception(exc)
+            self._broken(exc)
             return
-        if self._armed and self.held() >= self._limit and self._fd is not None:
+        if self._armed and self._held() >= self._limit and self._fd is not None:
             self._paused = True
             self._on_pause()
             self._loop.remove_reader(self._fd)
