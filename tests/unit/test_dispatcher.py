@@ -109,12 +109,11 @@ class FaultyStore(MemoryStore):
             tx.durable = failed
 
     @asynccontextmanager
-    async def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
-    ) -> AsyncIterator[Any]:
+    async def transaction(self, *, lane: str | None = None, **options: Any) -> AsyncIterator[Any]:
+        # `options`: whatever else the memory store's transaction takes, passed through.
         if lane is not None and lane in self.lane_lost:
             raise LaneLost(f"lane {lane} is held by another replica")
-        async with super().transaction(wait=wait, relaxed=relaxed, lane=lane) as tx:
+        async with super().transaction(lane=lane, **options) as tx:
             yield tx
 
 
