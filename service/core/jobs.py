@@ -97,6 +97,8 @@ class Job:
     printer_job: str | None = None
     # Times its printing was cut short by the service stopping (a crash, a takeover).
     interruptions: int = 0
+    # Left `started` by a clean stop: the next holder resumes it without counting that.
+    handed_over: bool = False
 
     @property
     def is_final(self) -> bool:

@@ -142,6 +142,8 @@ def _details(job: Job) -> str:
         details["printerJob"] = job.printer_job
     if job.interruptions:
         details["interruptions"] = job.interruptions
+    if job.handed_over:
+        details["handedOver"] = True
     return json.dumps(details, separators=(",", ":"))
 
 
@@ -168,6 +170,8 @@ def _print_request(text: str | None) -> dict[str, Any]:
         result["printer_job"] = details["printerJob"]
     if "interruptions" in details:
         result["interruptions"] = details["interruptions"]
+    if details.get("handedOver"):
+        result["handed_over"] = True
     return result
 
 

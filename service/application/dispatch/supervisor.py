@@ -1,0 +1,150 @@
+"""The dispatcher: owns the tasks of printing, and is told of jobs to print or to stop.
+
+Jobs wait per lane (the queue whose printers print them). With several replicas, a lane is
+printed by the one replica that holds it (the `Coordinator`); the others store the jobs they
+receive and leave them to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import structlog
+
+from service.application.dispatch.progress import JobProgress
+from service.application.dispatch.spawner import Spawner
+from service.application.dispatch.takeover import Takeover
+from service.application.dispatch.waiting import WaitingRoom
+from service.application.dispatch.workers import LaneWorkers
+from service.core import jobs
+from service.core.clock import Clock, IdSource, new_id, utc_now
+from service.core.queues import QueueMap
+from service.metrics import Metrics
+from service.ports import Coordinator, DocumentSource, JobStore, PrinterDirectory
+
+__all__ = ["HANDOVER_TIMEOUT", "PrintDispatcher"]
+
+# One logger name for the whole dispatcher, as before it was split into modules.
+log = structlog.get_logger("service.application.dispatcher")
+
+HANDOVER_TIMEOUT: Final = 2.0
+"""Seconds a clean stop may spend recording which jobs it leaves `started` (one write per
+lane): more would hold up the shutdown; a job it misses counts an interruption."""
+
+
+class PrintDispatcher:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        queues: QueueMap,
+        printers: PrinterDirectory,
+        documents: DocumentSource,
+        coordinator: Coordinator,
+        metrics: Metrics,
+        max_interruptions: int = 3,
+        clock: Clock = utc_now,
+        new_id: IdSource = new_id,
+    ) -> None:
+        self._queues = queues
+        self._coordinator = coordinator
+        self._spawner = Spawner()
+        self._takeover = Takeover(
+            store=store,
+            coordinator=coordinator,
+            metrics=metrics,
+            lane_of=self._lane,
+            intake=self,
+            spawner=self._spawner,
+        )
+        self._progress = JobProgress(
+            store=store,
+            documents=documents,
+            metrics=metrics,
+            clock=clock,
+            new_id=new_id,
+            max_interruptions=max_interruptions,
+            spawner=self._spawner,
+            reload=self._takeover.reload,
+        )
+        self._waiting = WaitingRoom(clock=clock, on_expired=self._expired)
+        self._workers = LaneWorkers(
+            waiting=self._waiting,
+            printers=printers,
+            coordinator=coordinator,
+            progress=self._progress,
+            spawner=self._spawner,
+        )
+        coordinator.subscribe(
+            gained=self._takeover.lanes_gained,
+            lost=self._lanes_lost,
+            job_changed=self._takeover.job_changed,
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Own the workers until `stopping` is set. Jobs being printed then stay `started`,
+        marked as handed over: whoever prints them next does not count an interruption."""
+        async with asyncio.TaskGroup() as tasks:
+            self._spawner.open(tasks)
+            await self._takeover.recover(stopping)
+            for lane in self._waiting.lanes():  # also the jobs enqueued before `run`
+                self._workers.start(lane)
+            await stopping.wait()
+            self._spawner.close()
+            self._waiting.close()
+            printing = self._progress.printing()
+            await self._workers.stop_all()
+            try:
+                async with asyncio.timeout(HANDOVER_TIMEOUT):
+                    await self._progress.hand_over(printing)
+            except TimeoutError:
+                log.warning("handover_not_recorded", jobs=len(printing), error="timed out")
+
+    def enqueue(self, job: jobs.Job) -> None:
+        """A created job waits for its lane's printers (a started one, to print again, ahead
+        of the rest). A job already waiting or printing here stays as it is."""
+        if self.knows(job.job_id):
+            return
+        lane = self._lane(job.queue_id)
+        if not self._coordinator.owns(lane):
+            self._takeover.claim(lane)  # if another replica holds the lane, it prints the job
+            return
+        self._waiting.push(job, lane=lane)
+        self._workers.start(lane)
+
+    def reprioritize(self, job: jobs.Job) -> None:
+        """`job` was updated: it waits again, with its new priority and its old age."""
+        if job.job_id in self._waiting:
+            self._waiting.remove(job.job_id)
+            self.enqueue(job)
+
+    def withdraw(self, job: jobs.Job) -> None:
+        """`job` was canceled: drop it from its lane, or stop the printer printing it."""
+        self._waiting.remove(job.job_id)
+        self._progress.stop(job.job_id)
+
+    def resync(self) -> None:
+        """A store write failed with its outcome unknown (the connection died during the
+        commit): it may have committed, and the commands come again as duplicates, which
+        change nothing. Load from the store whatever unfinished job is not known here."""
+        self._takeover.resync()
+
+    def knows(self, job_id: str) -> bool:
+        return job_id in self._waiting or self._progress.is_printing(job_id)
+
+    def is_waiting(self, job_id: str) -> bool:
+        return job_id in self._waiting
+
+    def _lane(self, queue_id: str) -> str:
+        # A queue removed from the configuration since its jobs were made: its own lane.
+        return self._queues.lane(queue_id) or queue_id
+
+    def _lanes_lost(self, lanes: list[str]) -> None:
+        """Another replica may hold these lanes now: stop printing them here."""
+        for lane in set(lanes):
+            self._waiting.drop(lane)
+            self._workers.stop(lane)
+
+    def _expired(self, job_id: str, lane: str) -> None:
+        self._spawner.spawn(self._progress.expire(job_id, lane))

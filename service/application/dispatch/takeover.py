@@ -1,0 +1,204 @@
+"""What the store says this replica must print: after a restart, when lanes are taken over,
+after a write whose outcome is unknown, when another replica changed a job, when a change
+was lost. Every read retries (with a backoff) until the store answers or the dispatcher
+stops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import structlog
+
+from service.aio import sleep_unless
+from service.application.dispatch.spawner import Spawner
+from service.core.backoff import Backoff
+from service.core.jobs import Job
+from service.metrics import Metrics
+from service.models import JobStatus
+from service.ports import Coordinator, JobStore, StoreError
+
+__all__ = ["Intake", "Takeover"]
+
+# One logger name for the whole dispatcher, as before it was split into modules.
+log = structlog.get_logger("service.application.dispatcher")
+
+T = TypeVar("T")
+
+
+class Intake(Protocol):
+    """Where loaded jobs go: the dispatcher's own API."""
+
+    def knows(self, job_id: str) -> bool:
+        """Whether the job waits or is being printed here."""
+        ...
+
+    def is_waiting(self, job_id: str) -> bool: ...
+
+    def enqueue(self, job: Job) -> None: ...
+
+    def reprioritize(self, job: Job) -> None: ...
+
+    def withdraw(self, job: Job) -> None: ...
+
+
+def _retry() -> Backoff:
+    return Backoff(first=1.0, cap=10.0, jitter=0.2)
+
+
+class Takeover:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        coordinator: Coordinator,
+        metrics: Metrics,
+        lane_of: Callable[[str], str],
+        intake: Intake,
+        spawner: Spawner,
+    ) -> None:
+        self._store = store
+        self._coordinator = coordinator
+        self._metrics = metrics
+        self._lane_of = lane_of
+        self._intake = intake
+        self._spawner = spawner
+        self._claiming: set[str] = set()
+        self._resyncing = False
+
+    async def recover(self, stopping: asyncio.Event) -> None:
+        """Pick up what the store says is unfinished, after a restart.
+
+        Waiting jobs wait again, in their order. A job that was being printed is printed
+        again from the start: the service cannot know how far the printer got, and printing
+        again is the only way to a real `finished` (no second `started` is published).
+        """
+        retry = Backoff(first=0.5, cap=10.0)
+        while True:
+            try:
+                unfinished = await self._store.waiting_jobs()
+                break
+            except StoreError as exc:
+                if stopping.is_set():
+                    return
+                pause = retry.delay()
+                log.warning("jobs_not_recovered_yet", error=str(exc), retry_in_s=pause)
+                if await sleep_unless(stopping, pause):
+                    return
+        resumed = waiting = 0
+        for job in unfinished:
+            self._metrics.jobs.labels(job.status.value).inc()
+            resumed += job.status is JobStatus.started
+            self._intake.enqueue(job)
+            waiting += self._intake.knows(job.job_id)
+        if waiting:
+            log.info("jobs_recovered", waiting=waiting, resumed=resumed)
+
+    def claim(self, lane: str) -> None:
+        """A job came for a lane not held here: try to take the lane (if another replica
+        holds it, that one prints the job)."""
+        if lane not in self._claiming and self._spawner.running:
+            self._claiming.add(lane)
+            self._spawner.spawn(self._claim(lane))
+
+    def lanes_gained(self, lanes: list[str]) -> None:
+        self._spawner.spawn(self._load(set(lanes)))
+
+    def resync(self) -> None:
+        """Load from the store whatever unfinished job is not known here; one at a time (an
+        outage fails many batches)."""
+        if not self._resyncing and self._spawner.running:
+            self._resyncing = True
+            self._spawner.spawn(self._resync())
+
+    def job_changed(self, queue_id: str, job_id: str) -> None:
+        """Another replica changed a job of a lane printed here: catch up with the store."""
+        del queue_id
+        self._spawner.spawn(self._catch_up(job_id))
+
+    def reload(self, job_id: str) -> None:
+        """Put a job whose change was lost back where the store says it is."""
+        self._spawner.spawn(self._reload(job_id))
+
+    async def _claim(self, lane: str) -> None:
+        try:
+            await self._coordinator.claim(lane)  # on success, `lanes_gained` loads it
+        except StoreError as exc:
+            log.warning("lane_claim_failed", lane=lane, error=str(exc))
+        finally:
+            self._claiming.discard(lane)
+
+    async def _resync(self) -> None:
+        try:
+            await self._load(None)
+        finally:
+            self._resyncing = False
+
+    async def _load(self, lanes: set[str] | None) -> None:
+        """Take over the unfinished jobs of `lanes` (None: of every lane held here): waiting
+        ones wait here now, and ones another replica was printing are printed again from
+        the start."""
+        try:
+            unfinished = await self._read(
+                self._store.waiting_jobs, "lanes_not_loaded", lanes=sorted(lanes or ())
+            )
+        except _Stopped:
+            return
+        loaded = resumed = 0
+        for job in unfinished:
+            lane = self._lane_of(job.queue_id)
+            if lane not in lanes if lanes is not None else not self._coordinator.owns(lane):
+                continue
+            if self._intake.knows(job.job_id):
+                continue
+            resumed += job.status is JobStatus.started
+            loaded += 1
+            self._intake.enqueue(job)
+        if lanes is None:
+            log.info("jobs_resynced", jobs=loaded, resumed=resumed)
+        else:
+            log.info("lanes_taken_over", lanes=sorted(lanes), jobs=loaded, resumed=resumed)
+
+    async def _catch_up(self, job_id: str) -> None:
+        try:
+            job = await self._read(
+                lambda: self._store.read_job(job_id), "job_change_not_read", job_id=job_id
+            )
+        except _Stopped:
+            return
+        if job is None:
+            return
+        if job.is_final:
+            self._intake.withdraw(job)  # canceled there: stop it here
+        elif job.status is JobStatus.created:
+            if self._intake.is_waiting(job.job_id):
+                self._intake.reprioritize(job)  # updated there
+            else:
+                self._intake.enqueue(job)  # created there (one printing here stays)
+
+    async def _reload(self, job_id: str) -> None:
+        try:
+            job = await self._read(
+                lambda: self._store.read_job(job_id), "job_not_reloaded", job_id=job_id
+            )
+        except _Stopped:
+            return
+        if job is not None and not job.is_final:
+            self._intake.enqueue(job)  # a `started` one resumes
+
+    async def _read(self, read: Callable[[], Awaitable[T]], event: str, **context: object) -> T:
+        """`read()` once the store answers; raises _Stopped if the dispatcher stops first."""
+        retry = _retry()
+        while True:
+            try:
+                return await read()
+            except StoreError as exc:
+                pause = retry.delay()
+                log.exception(event, retry_in_s=round(pause, 3), **context)
+                if await sleep_unless(self._spawner.stopping, pause):
+                    raise _Stopped from exc
+
+
+class _Stopped(Exception):  # noqa: N818 - a state, not a bug
+    """The dispatcher stopped before the store answered."""
