@@ -78,7 +78,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         max_refusals: int = 3,
         leading: Callable[[], bool] = lambda: True,
-        backoff: Callable[[], Backoff] = _retry_backoff,
+        backoff: Callable[[], Backoff] | None = None,
     ) -> None:
         self._store = store
         self._max_refusals = max_refusals
@@ -88,9 +88,10 @@ class OutboxRelay:
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._batch_size = batch_size
-        self._backoff = backoff
+        # A fresh Backoff for each retry loop: publishing, reading the outbox, marking sent.
+        self._backoff = backoff or _retry_backoff
         # Reset by any confirmed publish, and when the outbox is idle: a fresh start.
-        self._retries = backoff()
+        self._retries = self._backoff()
         self._wakeup = asyncio.Event()
         self._cursor = 0
         self._taken: set[int] = set()  # in flight, or confirmed and not yet marked sent

@@ -173,11 +173,14 @@ class SequentialIds:
 
 class CollectingPublisher:
     """Confirms every publish at once (or fails it, while `error` is set) and keeps what it
-    published, in order."""
+    published, in order. With `unconfirmed` at n, the next n publishes reach the "broker"
+    (they are kept) but fail as if their confirms were lost: published again, they are
+    duplicates."""
 
     def __init__(self, changes: Changes | None = None) -> None:
         self.published: list[Outgoing] = []
         self.error: BaseException | None = None
+        self.unconfirmed = 0
         self.attempts = 0
         self.changed = asyncio.Event()
         self._notify = changes.notify if changes is not None else _quiet
@@ -189,6 +192,9 @@ class CollectingPublisher:
             raise self.error
         self.published.append(message)
         self.changed.set()
+        if self.unconfirmed > 0:
+            self.unconfirmed -= 1
+            raise ConnectionError("the connection closed before the confirm")
 
     def of_kind(self, label: str) -> list[Outgoing]:
         return [m for m in self.published if m.label == label]
@@ -198,6 +204,7 @@ class FakePrinter:
     """A printer a test drives. By default it is ready and prints each job at once.
 
     - `results`: outcomes to return, one per print (then `completed`);
+    - `offline()`: `ready` waits (the printer takes no job) until `online()`;
     - `hold()`: prints wait until `release()` (or a cancel of that job);
     - `ready_error` / `print_error`: raised by `ready` / `print` while set;
     - `requests`, `canceled`, `submitted`: what the dispatcher asked of it.
@@ -214,7 +221,15 @@ class FakePrinter:
         self.print_error: BaseException | None = None
         self.printing = asyncio.Event()  # set while a print is under way
         self._gate: asyncio.Event | None = None
+        self._online = asyncio.Event()
+        self._online.set()
         self._stopped: set[str] = set()
+
+    def offline(self) -> None:
+        self._online.clear()
+
+    def online(self) -> None:
+        self._online.set()
 
     def hold(self) -> None:
         self._gate = asyncio.Event()
@@ -227,6 +242,7 @@ class FakePrinter:
     async def ready(self) -> None:
         if self.ready_error is not None:
             raise self.ready_error
+        await self._online.wait()
 
     async def print(
         self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None

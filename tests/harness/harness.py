@@ -35,6 +35,7 @@ from service.core.jobs import Job
 from service.core.queues import QueueMap
 from service.metrics import Metrics
 from service.models import CommandRejected, JobStatus, MessageType, PrintCounts, PrintJobEvent
+from service.ports import Printer
 from tests.harness.fakes import (
     EPOCH,
     Changes,
@@ -67,20 +68,22 @@ class Harness:
         self,
         *,
         queues: QueueMap | None = None,
-        printers: FakePrinters | None = None,
+        lanes: Mapping[str, Sequence[Printer]] | None = None,
         documents: FakeDocuments | None = None,
         api_keys: frozenset[str] | None = None,
         max_interruptions: int = 3,
         concurrency: int = 8,
         start: datetime = EPOCH,
-        timeout: float = 5.0,
+        changes: Changes | None = None,
     ) -> None:
-        self.changes = Changes(timeout=timeout)
+        """`lanes`: the printers of some lanes (made with `changes`, so that the waits hear
+        of them); every other lane gets a FakePrinter of its own."""
+        self.changes = changes or Changes()
         self.clock = FakeClock(start)
         self.ids = SequentialIds()
         self.store = WatchedStore(self.changes)
         self.publisher = CollectingPublisher(self.changes)
-        self.printers = printers or FakePrinters(changes=self.changes)
+        self.printers = FakePrinters(dict(lanes or {}), changes=self.changes)
         self.documents = documents or FakeDocuments()
         self.queues = queues or QueueMap.dynamic()
         self.metrics = Metrics(CollectorRegistry())
@@ -200,9 +203,16 @@ class Harness:
         await self.send_batch([inbound])
 
     async def send_batch(self, inbounds: Sequence[Inbound]) -> None:
-        """Handle a batch as the ingress does: applied together, then committed."""
+        """Handle a batch as the ingress does: applied together, then committed. Returns
+        once the commit's effects (the dispatcher told, metrics counted) have run too; raises
+        what the handler raised or what failed the commit."""
         committed = await self.handler.handle(inbounds)
-        await self.changes.wait_for(committed, "the batch's commit")
+        # The handler's effects run in a callback of the commit: one added after it runs
+        # after them.
+        effects_run = asyncio.get_running_loop().create_future()
+        committed.add_done_callback(lambda _: effects_run.set_result(None))
+        await self.changes.wait_for(effects_run, "the batch's commit")
+        committed.result()
 
     # --- waiting -------------------------------------------------------------------------------
 
@@ -231,9 +241,9 @@ class Harness:
         await self.until(printer.printing.is_set, f"{printer.name} to be printing")
 
     def printer(self, lane: str) -> FakePrinter:
-        """The fake printer of `lane` (made on first use)."""
+        """The one fake printer of `lane` (made on first use)."""
         (printer,) = self.printers.printers(lane)
-        assert isinstance(printer, FakePrinter)
+        assert isinstance(printer, FakePrinter), printer
         return printer
 
     # --- what was published, as the contract's models -----------------------------------------
