@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 
 import structlog
@@ -26,6 +24,7 @@ import structlog
 from service.aio import resolved
 from service.application.dispatcher import PrintDispatcher
 from service.core import jobs
+from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.core.events import Outgoing, counts_event, job_event, rejection_event
 from service.core.queues import QueueMap
@@ -53,6 +52,7 @@ class _Step:
     tx: StoreTransaction
     command: DecodedCommand
     now: datetime
+    new_id: IdSource
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def ids(self) -> dict[str, str | None]:
@@ -74,12 +74,16 @@ class CommandHandler:
         queues: QueueMap,
         dispatcher: PrintDispatcher,
         metrics: Metrics,
+        clock: Clock = utc_now,
+        new_id: IdSource = new_id,
     ) -> None:
         self._decoder = decoder
         self._queues = queues
         self._store = store
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._clock = clock
+        self._new_id = new_id
 
     async def handle(self, inbounds: Sequence[Inbound]) -> asyncio.Future[None]:
         """Apply a batch of commands in one transaction; returns when it is applied, with a
@@ -108,7 +112,7 @@ class CommandHandler:
         """Apply one command and wait for its commit; if that fails, answer it with
         `internal_error`; if that fails too, park it. Raises only StoreError."""
         try:
-            await (await self._apply([decoded]))
+            await self._commit([decoded])
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - logged by _failed, answered below
@@ -117,7 +121,7 @@ class CommandHandler:
             return
         answer = _internal_error(decoded)
         try:
-            await (await self._apply([answer]))
+            await self._commit([answer])
         except StoreError:
             raise
         except Exception as exc:
@@ -140,7 +144,7 @@ class CommandHandler:
             payload=inbound.payload,
             properties=dict(inbound.properties),
             attempts=1,
-            at=time.time(),
+            at=self._clock().timestamp(),
         )
         try:
             await self._store.park(letter)
@@ -153,15 +157,22 @@ class CommandHandler:
             log.error("command_parked", topic=letter.address, reason=reason)
         self._metrics.dead_letters.labels("command").inc()
 
+    async def _commit(self, commands: Sequence[DecodedCommand | Rejection]) -> None:
+        """Apply `commands` and wait until they are durable."""
+        durable = await self._apply(commands)
+        await durable
+
     async def _apply(self, commands: Sequence[DecodedCommand | Rejection]) -> asyncio.Future[None]:
         after_commit: list[Callable[[], None]] = []
-        async with self._store.transaction(wait=False) as tx:
-            now = datetime.now(UTC)
+        async with self._store.apply_commands() as tx:
+            now = self._clock()
             for command in commands:
                 if isinstance(command, Rejection):
-                    self._emit_rejection(tx, command, after_commit)
+                    self._emit_rejection(tx, command, now, after_commit)
                     continue
-                step = _Step(tx=tx, command=command, now=now, after_commit=after_commit)
+                step = _Step(
+                    tx=tx, command=command, now=now, new_id=self._new_id, after_commit=after_commit
+                )
                 outcome = await self._apply_one(step)
                 after_commit.append(
                     self._metrics.commands.labels(command.message_type.value, outcome).inc
@@ -201,7 +212,7 @@ class CommandHandler:
         step.tx.put(result)
         if command.document is not None:
             step.tx.put_document(result.job_id, command.document)
-        step.tx.emit(_event(result, command))
+        step.tx.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
         step.after_commit.append(self._metrics.jobs.labels(JobStatus.created.value).inc)
         log.info("job_created", priority=result.priority.value, **step.ids())
@@ -214,7 +225,7 @@ class CommandHandler:
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
         step.tx.put(result)
-        step.tx.emit(_event(result, step.command))
+        step.tx.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
         step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
@@ -229,7 +240,7 @@ class CommandHandler:
             return self._refuse(step, result)
         updated, fields = result
         step.tx.put(updated)
-        step.tx.emit(_event(updated, step.command, updated=fields))
+        step.tx.emit(_event(step, updated, updated=fields))
         step.after_commit.append(lambda: self._dispatcher.reprioritize(updated))
         log.info("job_updated", fields=fields, priority=updated.priority.value, **step.ids())
         return "accepted"
@@ -237,7 +248,7 @@ class CommandHandler:
     def _status(self, step: _Step, job: jobs.Job | None) -> str:
         if job is None:
             return self._refuse(step, _unknown(step.command.job_id or ""))
-        step.tx.emit(_event(job, step.command, snapshot_at=step.now))
+        step.tx.emit(_event(step, job, snapshot_at=step.now))
         return "accepted"
 
     async def _counts(self, step: _Step) -> str:
@@ -247,7 +258,7 @@ class CommandHandler:
             counts_event(
                 command.queue_id,
                 counts,
-                event_id=uuid.uuid4(),
+                event_id=step.new_id(),
                 correlation_id=command.correlation_id,
                 received_at=command.received_at,
                 now=step.now,
@@ -257,7 +268,7 @@ class CommandHandler:
 
     def _refuse(self, step: _Step, refusal: jobs.Refusal) -> str:
         rejection = _refused(step.command, refusal.reason, refusal.message)
-        step.tx.emit(rejection_event(rejection, event_id=uuid.uuid4(), now=step.now))
+        step.tx.emit(rejection_event(rejection, event_id=step.new_id(), now=step.now))
         _log_rejection(rejection)
         return "rejected"
 
@@ -265,9 +276,10 @@ class CommandHandler:
         self,
         tx: StoreTransaction,
         rejection: Rejection,
+        now: datetime,
         after_commit: list[Callable[[], None]],
     ) -> None:
-        tx.emit(rejection_event(rejection, event_id=uuid.uuid4(), now=datetime.now(UTC)))
+        tx.emit(rejection_event(rejection, event_id=self._new_id(), now=now))
         _log_rejection(rejection)
         # Only the contract's names: a label made from input would be an attacker's to set.
         label = rejection.message_type if rejection.message_type in MESSAGE_TYPES else "unknown"
@@ -314,17 +326,17 @@ def _internal_error(decoded: DecodedCommand | Rejection) -> Rejection:
 
 
 def _event(
+    step: _Step,
     job: jobs.Job,
-    command: DecodedCommand,
     *,
     snapshot_at: datetime | None = None,
     updated: Sequence[str] = (),
 ) -> Outgoing:
     return job_event(
         job,
-        event_id=uuid.uuid4(),
-        correlation_id=command.correlation_id,
-        received_at=command.received_at,
+        event_id=step.new_id(),
+        correlation_id=step.command.correlation_id,
+        received_at=step.command.received_at,
         snapshot_at=snapshot_at,
         updated=updated,
     )

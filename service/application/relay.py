@@ -25,12 +25,14 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.exceptions import PAMQPException
 
-from service.aio import first_of
+from service.aio import first_of, sleep_unless
+from service.core.backoff import Backoff
 from service.core.events import Kind
 from service.metrics import Metrics
 from service.ports import DeadLetter, EventPublisher, JobStore, OutboxRecord, StoreError
@@ -39,12 +41,30 @@ __all__ = ["OutboxRelay"]
 
 log = structlog.get_logger(__name__)
 
-_FIRST_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
 # Raised before anything is sent: the message itself cannot be encoded.
 _UNENCODABLE = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
 _MARK_EVERY = 0.02  # seconds between batched mark_sent calls
 _FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica publishes now
+
+
+def _retry_backoff() -> Backoff:
+    """The pauses of each retry loop (publishing, reading the outbox, marking rows sent)."""
+    return Backoff(first=0.1, cap=5.0)
+
+
+@dataclass(slots=True)
+class _Failures:
+    """What failed among the publishes since the last retry round."""
+
+    positions: list[int] = field(default_factory=list)  # the rows to take again
+    last_error: Exception | None = None  # for the retry's log line
+    # The broker refused a message, and so closed the channel on every publish in flight.
+    refused: bool = False
+
+    def add(self, position: int, error: Exception | None = None) -> None:
+        self.positions.append(position)
+        if error is not None:
+            self.last_error = error
 
 
 class OutboxRelay:
@@ -58,6 +78,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         max_refusals: int = 3,
         leading: Callable[[], bool] = lambda: True,
+        backoff: Callable[[], Backoff] | None = None,
     ) -> None:
         self._store = store
         self._max_refusals = max_refusals
@@ -67,6 +88,10 @@ class OutboxRelay:
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._batch_size = batch_size
+        # A fresh Backoff for each retry loop: publishing, reading the outbox, marking sent.
+        self._backoff = backoff or _retry_backoff
+        # Reset by any confirmed publish, and when the outbox is idle: a fresh start.
+        self._retries = self._backoff()
         self._wakeup = asyncio.Event()
         self._cursor = 0
         self._taken: set[int] = set()  # in flight, or confirmed and not yet marked sent
@@ -75,12 +100,9 @@ class OutboxRelay:
         self._reading = asyncio.Lock()
         self._tails: dict[str, asyncio.Task[bool]] = {}
         self._confirmed: list[int] = []
-        self._failed: list[int] = []
-        self._last_error: Exception | None = None
+        self._failures = _Failures()
         self._republish: set[str] = set()  # message ids whose publish failed at least once
         self._oldest_unsent: float | None = None
-        self._published = False  # a publish succeeded since the last retry round
-        self._refused = False  # a publish was refused by the broker in this round
         self._serial_until: int | None = None  # publish one at a time up to this position
         self._refusals: dict[int, int] = {}  # refused while published alone, by position
         metrics.outbox_oldest_age.set_function(self._oldest_age)
@@ -109,8 +131,7 @@ class OutboxRelay:
                 log.warning("outbox_not_marked_sent", rows=len(self._confirmed), error=str(exc))
 
     async def _stream(self, stopping: asyncio.Event, drain_timeout: float) -> None:
-        backoff = _FIRST_BACKOFF
-        store_backoff = _FIRST_BACKOFF
+        reads = self._backoff()
         deadline: float | None = None
         while True:
             if stopping.is_set() and deadline is None:
@@ -118,33 +139,29 @@ class OutboxRelay:
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("outbox_drain_timed_out")
                 return
-            if self._failed:
+            if self._failures.positions:
                 await self._settle()
-                if self._published:
-                    backoff = _FIRST_BACKOFF  # publishing works again: a fresh start
-                self._published = False
-                await self._retry_from_failure(backoff, stopping)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                await self._retry_from_failure(stopping)
                 continue
             if not self._leading():
                 if stopping.is_set() and not self._tails:
                     return
-                await first_of(stopping.wait(), asyncio.sleep(_FOLLOWER_WAIT))
+                await sleep_unless(stopping, _FOLLOWER_WAIT)
                 continue
             self._wakeup.clear()
             try:
                 records = await self._read_unsent()
             except StoreError as exc:
-                log.warning("outbox_read_failed", error=str(exc), retry_in_s=store_backoff)
-                await first_of(asyncio.sleep(store_backoff), stopping.wait())
-                store_backoff = min(store_backoff * 2, _MAX_BACKOFF)
+                pause = reads.delay()
+                log.warning("outbox_read_failed", error=str(exc), retry_in_s=pause)
+                await sleep_unless(stopping, pause)
                 continue
-            store_backoff = _FIRST_BACKOFF
+            reads.reset()
             if records:
                 await self._take(records)
                 continue
             if not self._tails:
-                backoff = _FIRST_BACKOFF
+                self._retries.reset()
                 self._oldest_unsent = None
                 if stopping.is_set():
                     return
@@ -166,7 +183,7 @@ class OutboxRelay:
                 await self._slots.acquire()
                 self._start(record)
                 await self._settle()
-                if self._failed:
+                if self._failures.positions:
                     return
                 continue
             self._serial_until = None
@@ -189,7 +206,7 @@ class OutboxRelay:
     async def _publish(self, record: OutboxRecord, previous: asyncio.Task[bool] | None) -> bool:
         message = record.message
         if previous is not None and not await asyncio.shield(previous):
-            self._failed.append(record.position)  # keep the job's order: not before its predecessor
+            self._failures.add(record.position)  # keep the job's order: not before its predecessor
             return False
         try:
             await self._publisher.publish(message)
@@ -197,19 +214,18 @@ class OutboxRelay:
             return await self._park(record, f"cannot be encoded as AMQP: {exc!r}", attempts=1)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; logged per round
             if isinstance(exc, ChannelPreconditionFailed):
-                self._refused = True
+                self._failures.refused = True
                 if self._serial_until is not None:
                     refusals = self._refusals.get(record.position, 0) + 1
                     self._refusals[record.position] = refusals
                     if refusals >= self._max_refusals:
                         reason = f"refused by the broker {refusals} times: {exc!r}"
                         return await self._park(record, reason, attempts=refusals)
-            self._last_error = exc
-            self._failed.append(record.position)
+            self._failures.add(record.position, exc)
             self._republish.add(message.message_id)
             self._metrics.publish_failures.inc()
             return False
-        self._published = True
+        self._retries.reset()  # publishing works again: the next failure starts afresh
         self._refusals.pop(record.position, None)
         self._confirmed.append(record.position)
         if message.message_id in self._republish:
@@ -243,8 +259,7 @@ class OutboxRelay:
         except Exception as exc:  # retried like a failed publish: never lost
             if not isinstance(exc, StoreError):
                 log.exception("event_not_parked", message_id=message.message_id)
-            self._last_error = exc
-            self._failed.append(record.position)
+            self._failures.add(record.position, exc)
             return False
         self._refusals.pop(record.position, None)
         self._metrics.dead_letters.labels("event").inc()
@@ -261,25 +276,27 @@ class OutboxRelay:
         while self._tails:
             await asyncio.gather(*self._tails.values(), return_exceptions=True)
 
-    async def _retry_from_failure(self, backoff: float, stopping: asyncio.Event) -> None:
-        failed, self._failed = self._failed, []
+    async def _retry_from_failure(self, stopping: asyncio.Event) -> None:
+        failures, self._failures = self._failures, _Failures()
+        failed = failures.positions
         self._taken.difference_update(failed)
-        if self._refused:
+        if failures.refused:
             # The broker closed the channel on someone: find whom, one at a time.
             self._serial_until = max(failed)
-            self._refused = False
         try:
             await self._flush_confirmed()
         except StoreError as exc:
             log.warning("outbox_mark_failed", error=str(exc))
         # Take everything again from the first failure; what was confirmed since is gone.
         self._cursor = min(failed) - 1
+        pause = self._retries.delay()
         log.warning(
-            "publish_retry", failed=len(failed), backoff_s=backoff, error=repr(self._last_error)
+            "publish_retry", failed=len(failed), backoff_s=pause, error=repr(failures.last_error)
         )
-        await first_of(asyncio.sleep(backoff), stopping.wait())
+        await sleep_unless(stopping, pause)
 
     async def _mark_periodically(self) -> None:
+        failing = self._backoff()
         pause = _MARK_EVERY
         while True:
             await asyncio.sleep(pause)
@@ -287,9 +304,10 @@ class OutboxRelay:
                 await self._flush_confirmed()
             except StoreError as exc:
                 # Kept, and marked on a later try; until then the rows stay taken here.
-                pause = min(max(pause * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
+                pause = failing.delay()
                 log.warning("outbox_mark_failed", error=str(exc), retry_in_s=pause)
             else:
+                failing.reset()
                 pause = _MARK_EVERY
 
     async def _flush_confirmed(self) -> None:

@@ -47,7 +47,8 @@ class Writes:
 
 
 class FaultyStore(MemoryStore):
-    """A memory store whose commits fail with what `fault` returns for their writes."""
+    """A memory store whose commands' commits fail with what `fault` returns for their
+    writes (other transactions, such as a test's reads, commit as usual)."""
 
     def __init__(self, fault: Callable[[Writes], BaseException | None]) -> None:
         super().__init__()
@@ -55,10 +56,8 @@ class FaultyStore(MemoryStore):
         self.failed_commits = 0
 
     @asynccontextmanager
-    async def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
-    ) -> AsyncIterator[Any]:
-        async with super().transaction(wait=wait, relaxed=relaxed, lane=lane) as tx:
+    async def apply_commands(self) -> AsyncIterator[Any]:
+        async with super().apply_commands() as tx:
             yield tx
             exc = self.fault(Writes(list(tx.writes.values()), list(tx.messages)))
             if exc is not None:

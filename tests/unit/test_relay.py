@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import pytest
 from aiormq.exceptions import ChannelPreconditionFailed
@@ -22,9 +22,10 @@ from structlog.testing import capture_logs
 
 from service.adapters.store.memory import MemoryStore
 from service.application.relay import OutboxRelay
+from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
-from service.ports import OutboxRecord, StoreError
+from service.ports import DeadLetter, OutboxRecord, StoreError
 
 WAIT: Final = 2.0  # seconds: the most any condition below may take
 
@@ -33,14 +34,16 @@ WAIT: Final = 2.0  # seconds: the most any condition below may take
 
 
 class FlakyStore(MemoryStore):
-    """A memory store whose `unsent` and `mark_sent` fail as a test says."""
+    """A memory store whose `unsent`, `mark_sent` and `park` fail as a test says."""
 
     def __init__(self) -> None:
         super().__init__()
         self.unsent_failures: list[BaseException] = []  # raised, one per call, first first
         self.mark_failures: list[BaseException] = []
+        self.park_failures: list[BaseException] = []
         self.unsent_calls = 0
         self.mark_calls = 0
+        self.park_calls = 0
 
     async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
         self.unsent_calls += 1
@@ -53,6 +56,12 @@ class FlakyStore(MemoryStore):
         if self.mark_failures:
             raise self.mark_failures.pop(0)
         await super().mark_sent(positions)
+
+    async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
+        self.park_calls += 1
+        if self.park_failures:
+            raise self.park_failures.pop(0)
+        await super().park(letter, position=position)
 
 
 class FakePublisher:
@@ -146,6 +155,8 @@ def a_relay(
     *,
     concurrency: int = 8,
     max_refusals: int = 3,
+    backoff: Callable[[], Backoff] | None = None,
+    leading: Callable[[], bool] = lambda: True,
 ) -> tuple[OutboxRelay, Metrics]:
     metrics = Metrics(CollectorRegistry())
     relay = OutboxRelay(
@@ -154,6 +165,8 @@ def a_relay(
         metrics=metrics,
         concurrency=concurrency,
         max_refusals=max_refusals,
+        leading=leading,
+        backoff=backoff,
     )
     store.on_commit(relay.wake)
     return relay, metrics
@@ -177,8 +190,10 @@ async def stop(relay_task: asyncio.Task[None], stopping: asyncio.Event) -> None:
 _running: list[asyncio.Task[None]] = []
 
 
-def start(relay: OutboxRelay, stopping: asyncio.Event) -> asyncio.Task[None]:
-    task = asyncio.create_task(relay.run(stopping, drain_timeout=WAIT))
+def start(
+    relay: OutboxRelay, stopping: asyncio.Event, *, drain_timeout: float = WAIT
+) -> asyncio.Task[None]:
+    task = asyncio.create_task(relay.run(stopping, drain_timeout=drain_timeout))
     _running.append(task)
     return task
 
@@ -237,7 +252,7 @@ async def test_outbox_reads_failing_do_not_stop_the_relay() -> None:
     store = FlakyStore()
     store.unsent_failures.extend(StoreError(f"server restarting ({n})") for n in range(3))
     publisher = FakePublisher()
-    relay, _ = a_relay(store, publisher)
+    relay, _ = a_relay(store, publisher, backoff=tiny_backoff)
     messages = [a_message(f"job-{n % 3}", n) for n in range(9)]
     await commit(store, messages)
     stopping = asyncio.Event()
@@ -313,7 +328,7 @@ async def test_a_refused_message_is_parked_alone_and_no_innocent_one_is() -> Non
     innocents = [a_message(f"job-{n}") for n in range(6)]
     everything = [*innocents[:3], poison, after_poison, *innocents[3:]]
     publisher = ClosingChannelPublisher({poison.message_id})
-    relay, metrics = a_relay(store, publisher, concurrency=16, max_refusals=3)
+    relay, metrics = a_relay(store, publisher, concurrency=16, max_refusals=3, backoff=tiny_backoff)
     await commit(store, everything)
     stopping = asyncio.Event()
     task = start(relay, stopping)
@@ -346,7 +361,7 @@ async def test_innocents_refused_in_several_rounds_are_not_parked() -> None:
     innocents = [a_message(f"job-{n}") for n in range(8)]
     everything = [innocents[0], poisons[0], *innocents[1:5], poisons[1], *innocents[5:]]
     publisher = ClosingChannelPublisher({p.message_id for p in poisons})
-    relay, metrics = a_relay(store, publisher, concurrency=16, max_refusals=3)
+    relay, metrics = a_relay(store, publisher, concurrency=16, max_refusals=3, backoff=tiny_backoff)
     await commit(store, everything)
     stopping = asyncio.Event()
     task = start(relay, stopping)
@@ -430,3 +445,150 @@ async def test_a_bug_in_the_marker_reaches_the_caller(times: int) -> None:
         isinstance(leaf, RuntimeError) and "a bug in mark_sent" in str(leaf)
         for leaf in _leaves(exc)
     ), exc
+
+
+# --- retry pauses, parking, shutdown, leadership -----------------------------------------------
+
+
+def tiny_backoff() -> Backoff:
+    """The retry rule at a thousandth of its scale: what each pause is, without the wait."""
+    return Backoff(first=0.001, cap=0.004)
+
+
+def pauses(logs: Sequence[Mapping[str, Any]], event: str) -> list[float]:
+    return [
+        entry["retry_in_s"] for entry in logs if entry["event"] == event and "retry_in_s" in entry
+    ]
+
+
+async def test_outbox_reads_back_off_up_to_the_cap_and_start_afresh_after_a_success() -> None:
+    store = FlakyStore()
+    store.unsent_failures.extend(StoreError(f"away ({n})") for n in range(4))
+    publisher = FakePublisher()
+    relay, _ = a_relay(store, publisher, backoff=tiny_backoff)
+    stopping = asyncio.Event()
+    with capture_logs() as logs:
+        await commit(store, [a_message("job-1")])
+        task = start(relay, stopping)
+        await eventually(lambda: store.outbox_depth == 0, "published once reads work")
+        assert pauses(logs, "outbox_read_failed") == [0.001, 0.002, 0.004, 0.004]
+
+        store.unsent_failures.extend(StoreError("away again") for _ in range(2))
+        await commit(store, [a_message("job-2")])
+        await eventually(lambda: store.outbox_depth == 0, "published once reads work again")
+        await stop(task, stopping)
+    assert pauses(logs, "outbox_read_failed") == [0.001, 0.002, 0.004, 0.004, 0.001, 0.002]
+    assert len(publisher.published) == 2
+
+
+async def test_marking_backs_off_and_starts_afresh_after_a_success() -> None:
+    store = FlakyStore()
+    store.mark_failures.extend(StoreError(f"away ({n})") for n in range(3))
+    publisher = FakePublisher()
+    relay, _ = a_relay(store, publisher, backoff=tiny_backoff)
+    stopping = asyncio.Event()
+    with capture_logs() as logs:
+        await commit(store, [a_message("job-1")])
+        task = start(relay, stopping)
+        await eventually(lambda: store.outbox_depth == 0, "marked sent once the store is back")
+        store.mark_failures.append(StoreError("away again"))
+        await commit(store, [a_message("job-2")])
+        await eventually(lambda: store.outbox_depth == 0, "marked sent again")
+        await stop(task, stopping)
+    assert pauses(logs, "outbox_mark_failed") == [0.001, 0.002, 0.004, 0.001]
+    assert len(publisher.published) == 2  # confirmed rows are not published again
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [StoreError("the store is away"), RuntimeError("a bug in park")],
+    ids=["outage", "bug"],
+)
+async def test_a_poison_message_not_parked_is_tried_again_and_never_lost(
+    failure: BaseException,
+) -> None:
+    store = FlakyStore()
+    store.park_failures.append(failure)
+    poison, after = a_message("job-a", 0), a_message("job-a", 1)
+    publisher = FakePublisher(
+        lambda m: ValueError("unencodable") if m.message_id == poison.message_id else None
+    )
+    relay, metrics = a_relay(store, publisher, backoff=tiny_backoff)
+    await commit(store, [poison, after])
+    stopping = asyncio.Event()
+    with capture_logs() as logs:
+        task = start(relay, stopping)
+        await eventually(lambda: store.outbox_depth == 0, "the poison parked, the rest published")
+        await stop(task, stopping)
+
+    assert store.park_calls == 2  # failed, then kept
+    (letter,) = await store.dead_letters(10)
+    assert letter.properties["message_id"] == poison.message_id
+    assert dead_letters(metrics, "event") == 1
+    assert publisher.ids() == [after.message_id]  # after its predecessor was dealt with
+    not_parked = [entry for entry in logs if entry["event"] == "event_not_parked"]
+    assert len(not_parked) == (0 if isinstance(failure, StoreError) else 1)
+    assert any(entry["event"] == "publish_retry" for entry in logs)
+
+
+async def test_rows_not_marked_sent_at_shutdown_are_published_again_with_their_ids() -> None:
+    store = FlakyStore()
+    store.mark_failures.extend(StoreError("away") for _ in range(1000))
+    publisher = FakePublisher()
+    relay, _ = a_relay(store, publisher, backoff=tiny_backoff)
+    messages = [a_message("job-1", n) for n in range(3)]
+    await commit(store, messages)
+    stopping = asyncio.Event()
+    with capture_logs() as logs:
+        task = start(relay, stopping, drain_timeout=0.05)
+        await eventually(lambda: len(publisher.published) == 3, "all three published")
+        await stop(task, stopping)  # returns normally although the rows are not marked
+    assert any(entry["event"] == "outbox_not_marked_sent" for entry in logs)
+    assert store.outbox_depth == 3
+
+    store.mark_failures.clear()  # the next start: the store is back
+    again = FakePublisher()
+    relay, _ = a_relay(store, again)
+    stopping = asyncio.Event()
+    task = start(relay, stopping)
+    await eventually(lambda: store.outbox_depth == 0, "published and marked on the next start")
+    await stop(task, stopping)
+    assert again.ids() == [m.message_id for m in messages]  # the same ids, in order
+
+
+async def test_draining_gives_up_after_the_drain_timeout() -> None:
+    store = FlakyStore()
+    publisher = FakePublisher(lambda _: ConnectionError("broker away for good"))
+    relay, _ = a_relay(store, publisher, backoff=tiny_backoff)
+    await commit(store, [a_message("job-1")])
+    stopping = asyncio.Event()
+    with capture_logs() as logs:
+        task = start(relay, stopping, drain_timeout=0.05)
+        await eventually(lambda: len(publisher.attempts) >= 2, "the publish failing")
+        await stop(task, stopping)
+    assert any(entry["event"] == "outbox_drain_timed_out" for entry in logs)
+    assert store.outbox_depth == 1  # kept for the next start
+
+
+async def test_a_follower_publishes_nothing_until_it_leads() -> None:
+    store = FlakyStore()
+    publisher = FakePublisher()
+    leads = [False]
+    asked = [0]
+
+    def leading() -> bool:
+        asked[0] += 1
+        return leads[0]
+
+    relay, _ = a_relay(store, publisher, leading=leading)
+    await commit(store, [a_message("job-1")])
+    stopping = asyncio.Event()
+    task = start(relay, stopping)
+    await eventually(lambda: asked[0] >= 2, "the relay asking twice whether it leads")
+    assert publisher.attempts == []
+    assert store.unsent_calls == 0  # a follower does not even read the outbox
+
+    leads[0] = True  # the lease came to this replica
+    await eventually(lambda: store.outbox_depth == 0, "published once leading")
+    await stop(task, stopping)
+    assert len(publisher.published) == 1
