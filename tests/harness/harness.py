@@ -95,7 +95,8 @@ class Harness:
             coordinator=Solo("harness"),
             metrics=self.metrics,
             max_interruptions=max_interruptions,
-            # clock=self.clock, new_id=self.ids,  (once the dispatcher takes them)
+            clock=self.clock,
+            new_id=self.ids,
         )
         self.relay = OutboxRelay(
             store=self.store,

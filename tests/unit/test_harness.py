@@ -12,8 +12,6 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any, Final
 
-import pytest
-
 from service.models import JobStatus, MessageType
 from service.ports import InlineDocument
 from tests.harness.fakes import EPOCH, Changes, FakePrinter
@@ -63,11 +61,6 @@ async def test_a_job_is_created_started_and_finished_in_order() -> None:
         assert service.metric("print_events_published_total", status="finished") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PrintDispatcher takes clock= and new_id= once the dispatcher is split: then pass "
-    "them in Harness (the commented line) and drop this mark",
-)
 async def test_the_printers_events_have_the_harness_ids_and_times() -> None:
     async with Harness() as service:
         await print_one_job_in_steps(service)
