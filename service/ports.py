@@ -36,9 +36,11 @@ __all__ = [
     "Printer",
     "PrinterDirectory",
     "PrinterUnavailable",
+    "PublishRefused",
     "StoreError",
     "StoreRefused",
     "StoreTransaction",
+    "Unpublishable",
 ]
 
 
@@ -353,7 +355,22 @@ class Coordinator(Protocol):
         ...
 
 
+class Unpublishable(Exception):  # noqa: N818 - a verdict on the message, not a bug
+    """The message cannot be encoded for the broker (a header or property it cannot carry):
+    it never reached the wire, and never will."""
+
+
+class PublishRefused(Exception):  # noqa: N818 - a verdict, not a bug
+    """The broker refused a message (over its size limit, a user id it rejects). The
+    refusal may be another message's: a broker that closes the channel on one fails every
+    publish in flight with it; only a message published alone is refused for itself."""
+
+
 class EventPublisher(Protocol):
-    """Publishes a message and returns once the broker has confirmed it."""
+    """Publishes a message and returns once the broker has confirmed it.
+
+    Raises Unpublishable or PublishRefused for the message itself; any other exception is
+    a failure of the moment (the connection, the broker), and the publish can be tried again.
+    """
 
     async def publish(self, message: Outgoing) -> None: ...

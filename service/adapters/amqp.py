@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gzip
 import ssl
+import struct
 import zlib
 from datetime import UTC, datetime
 from typing import Final
@@ -29,11 +30,13 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.common import FieldTable, FieldValue
+from pamqp.exceptions import PAMQPException
 
 from service.config import BrokerUrl, ConfigError
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
 from service.models import EventHeaders, XMessageType
+from service.ports import PublishRefused, Unpublishable
 
 __all__ = [
     "EVENTS_EXCHANGE",
@@ -62,6 +65,8 @@ BCC: Final = ["external.audit"]
 REPLY_TO: Final = "user.reply"
 APP_ID: Final = "print-service"
 _GZIP_WBITS: Final = 16 + 12  # gzip framing, 4 KB window
+# What encoding a message raises (pamqp, the contract's headers): the message is at fault.
+_UNENCODABLE: Final = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
 
 
 class AmqpPublisher:
@@ -163,11 +168,16 @@ class AmqpPublisher:
         exchange = self._exchanges.get(message.kind)
         if exchange is None:
             raise ConnectionError("the AMQP publisher is not connected")
-        await exchange.publish(
-            amqp_message(message, user_id=self._user_id, gzip_body=self._gzip),
-            routing_key=message.routing_key,
-            mandatory=False,
-        )
+        try:
+            await exchange.publish(
+                amqp_message(message, user_id=self._user_id, gzip_body=self._gzip),
+                routing_key=message.routing_key,
+                mandatory=False,
+            )
+        except _UNENCODABLE as exc:  # raised before anything is sent
+            raise Unpublishable(f"cannot be encoded as AMQP: {exc!r}") from exc
+        except ChannelPreconditionFailed as exc:  # 406: the broker closed the channel
+            raise PublishRefused(f"{exc!r}") from exc
 
     async def close(self) -> None:
         if self._connection is not None:

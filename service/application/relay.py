@@ -22,27 +22,30 @@ are retried with backoff; the relay stops only when the service does.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from aiormq.exceptions import ChannelPreconditionFailed
-from pamqp.exceptions import PAMQPException
 
 from service.aio import first_of, sleep_unless
 from service.core.backoff import Backoff
 from service.core.events import Kind
 from service.metrics import Metrics
-from service.ports import DeadLetter, EventPublisher, JobStore, OutboxRecord, StoreError
+from service.ports import (
+    DeadLetter,
+    EventPublisher,
+    JobStore,
+    OutboxRecord,
+    PublishRefused,
+    StoreError,
+    Unpublishable,
+)
 
 __all__ = ["OutboxRelay"]
 
 log = structlog.get_logger(__name__)
 
-# Raised before anything is sent: the message itself cannot be encoded.
-_UNENCODABLE = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
 _MARK_EVERY = 0.02  # seconds between batched mark_sent calls
 _FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica publishes now
 
@@ -210,16 +213,16 @@ class OutboxRelay:
             return False
         try:
             await self._publisher.publish(message)
-        except _UNENCODABLE as exc:
-            return await self._park(record, f"cannot be encoded as AMQP: {exc!r}", attempts=1)
+        except Unpublishable as exc:
+            return await self._park(record, str(exc), attempts=1)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; logged per round
-            if isinstance(exc, ChannelPreconditionFailed):
+            if isinstance(exc, PublishRefused):
                 self._failures.refused = True
                 if self._serial_until is not None:
                     refusals = self._refusals.get(record.position, 0) + 1
                     self._refusals[record.position] = refusals
                     if refusals >= self._max_refusals:
-                        reason = f"refused by the broker {refusals} times: {exc!r}"
+                        reason = f"refused by the broker {refusals} times: {exc}"
                         return await self._park(record, reason, attempts=refusals)
             self._failures.add(record.position, exc)
             self._republish.add(message.message_id)

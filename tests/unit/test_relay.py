@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import pytest
-from aiormq.exceptions import ChannelPreconditionFailed
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -25,7 +24,7 @@ from service.application.relay import OutboxRelay
 from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
-from service.ports import DeadLetter, OutboxRecord, StoreError
+from service.ports import DeadLetter, OutboxRecord, PublishRefused, StoreError, Unpublishable
 
 WAIT: Final = 2.0  # seconds: the most any condition below may take
 
@@ -119,7 +118,7 @@ class ClosingChannelPublisher:
             if is_poison:
                 self._poison_pending -= 1
         if doomed:
-            raise ChannelPreconditionFailed(406, "PRECONDITION_FAILED - message too large")
+            raise PublishRefused("406 PRECONDITION_FAILED - message too large")
         self.published.append(message)
 
     def ids(self) -> list[str]:
@@ -292,7 +291,7 @@ async def test_an_unencodable_message_is_parked_at_once_and_its_job_goes_on() ->
 
     def failure(message: Outgoing) -> BaseException | None:
         if message.message_id == poison.message_id:
-            return ValueError("short string too long")
+            return Unpublishable("cannot be encoded as AMQP: short string too long")
         return None
 
     publisher = FakePublisher(failure)
@@ -511,7 +510,7 @@ async def test_a_poison_message_not_parked_is_tried_again_and_never_lost(
     store.park_failures.append(failure)
     poison, after = a_message("job-a", 0), a_message("job-a", 1)
     publisher = FakePublisher(
-        lambda m: ValueError("unencodable") if m.message_id == poison.message_id else None
+        lambda m: Unpublishable("unencodable") if m.message_id == poison.message_id else None
     )
     relay, metrics = a_relay(store, publisher, backoff=tiny_backoff)
     await commit(store, [poison, after])
