@@ -1,0 +1,72 @@
+"""The AMQP adapter on a real RabbitMQ: what the broker or the encoder refuses reaches the
+relay as the port's verdicts (`Unpublishable`, `PublishRefused`), and publishing goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.adapters.amqp import AmqpPublisher
+from service.config import BrokerUrl
+from service.core.events import Kind, Outgoing
+from service.metrics import Metrics
+from service.ports import PublishRefused, Unpublishable
+from tests.conftest import Brokers
+
+
+def message(*, correlation_id: str = "corr-1") -> Outgoing:
+    job_id = f"job-{uuid.uuid4()}"
+    return Outgoing(
+        message_id=str(uuid.uuid4()),
+        kind=Kind.job_event,
+        routing_key=f"events.jobs.{job_id}",
+        order_key=job_id,
+        body=b'{"jobId": "%s"}' % job_id.encode(),
+        correlation_id=correlation_id,
+        label="created",
+        received_at=None,
+    )
+
+
+@pytest.fixture
+async def publisher(brokers: Brokers) -> AsyncIterator[AmqpPublisher]:
+    publisher = AmqpPublisher(
+        url=BrokerUrl(brokers.amqp_url, schemes=("amqp", "amqps")),
+        connection_name=f"test-{uuid.uuid4()}",
+        gzip_bodies=False,
+        metrics=Metrics(CollectorRegistry()),
+    )
+    assert await publisher.connect(asyncio.Event())
+    try:
+        yield publisher
+    finally:
+        await publisher.close()
+
+
+async def test_a_header_amqp_cannot_carry_is_unpublishable(publisher: AmqpPublisher) -> None:
+    # A correlation id is an AMQP short string: at most 255 bytes.
+    with pytest.raises(Unpublishable, match="cannot be encoded as AMQP"):
+        await publisher.publish(message(correlation_id="c" * 300))
+    await publisher.publish(message())  # nothing reached the wire: the channel is fine
+
+
+async def test_a_message_the_broker_refuses_is_publish_refused(publisher: AmqpPublisher) -> None:
+    # RabbitMQ refuses (406) a user id that is not the connection's user.
+    own = publisher._user_id
+    publisher._user_id = "someone-else"
+    with pytest.raises(PublishRefused, match="PRECONDITION_FAILED"):
+        await publisher.publish(message())
+    publisher._user_id = own
+    # The broker closed the channel; the robust channel comes back and publishing goes on.
+    for _ in range(100):
+        try:
+            await publisher.publish(message())
+        except Exception:  # noqa: BLE001 - the channel is being reopened
+            await asyncio.sleep(0.05)
+        else:
+            return
+    pytest.fail("publishing did not resume after the broker refused a message")
