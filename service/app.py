@@ -171,6 +171,8 @@ class Service:
                 return
             ingress_done = asyncio.Event()
             relay_done = asyncio.Event()
+            dispatcher_done = asyncio.Event()
+            lanes_free = asyncio.Event()
             # Every loop recovers from what it can (broker and store outages) by itself; a
             # failure that reaches here is a bug: logged, it stops the service (non-zero).
             async with asyncio.TaskGroup() as tasks:
@@ -178,9 +180,11 @@ class Service:
                 def start(name: str, loop: Coroutine[Any, Any, None]) -> None:
                     tasks.create_task(_supervised(name, loop), name=name)
 
-                # The lease outlives the relay: lanes are given back only once it is done.
-                start("coordinator", self.coordinator.run(relay_done))
-                start("dispatcher", self.dispatcher.run(ingress_done))
+                # The lease outlives the relay and the dispatcher: the lanes are given back
+                # only once the outbox is drained and the handover is written (both fenced).
+                start("coordinator", self.coordinator.run(lanes_free))
+                start("lanes", _set_after(lanes_free, relay_done, dispatcher_done))
+                start("dispatcher", self._dispatch(ingress_done, dispatcher_done))
                 start("relay", self._publish(ingress_done, relay_done))
                 if isinstance(self.store, PostgresStore):
                     start("outbox", self._count_outbox(self.store, relay_done))
@@ -193,6 +197,12 @@ class Service:
             await self.store.close()
             await self.http.close()
             log.info("service_stopped")
+
+    async def _dispatch(self, ingress_done: asyncio.Event, done: asyncio.Event) -> None:
+        try:
+            await self.dispatcher.run(ingress_done)
+        finally:
+            done.set()
 
     async def _publish(self, ingress_done: asyncio.Event, done: asyncio.Event) -> None:
         try:
@@ -221,6 +231,12 @@ class Service:
                 log.info("service_ready", http_port=self.http.port)
                 return
             await sleep_unless(self.stopping, 0.05)
+
+
+async def _set_after(event: asyncio.Event, *before: asyncio.Event) -> None:
+    for other in before:
+        await other.wait()
+    event.set()
 
 
 async def _supervised(name: str, loop: Coroutine[Any, Any, None]) -> None:
