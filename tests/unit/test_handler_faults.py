@@ -55,10 +55,9 @@ class FaultyStore(MemoryStore):
         self.failed_commits = 0
 
     @asynccontextmanager
-    async def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
-    ) -> AsyncIterator[Any]:
-        async with super().transaction(wait=wait, relaxed=relaxed, lane=lane) as tx:
+    async def transaction(self, *, lane: str | None = None) -> AsyncIterator[Any]:
+        # apply_commands and record_progress are this transaction too, in a memory store.
+        async with super().transaction(lane=lane) as tx:
             yield tx
             exc = self.fault(Writes(list(tx.writes.values()), list(tx.messages)))
             if exc is not None:
