@@ -86,7 +86,8 @@ class StoreTransaction(Protocol):
     """Reads and writes that commit together, or not at all."""
 
     durable: asyncio.Future[None]
-    """Resolved once the commit is durable; holds the StoreError if it failed."""
+    """Resolved once the commit is durable (a relaxed one: done); holds the StoreError of a
+    commit that failed after the exit had returned. See `JobStore`."""
 
     async def get(self, job_id: str) -> Job | None: ...
 
@@ -108,8 +109,10 @@ class JobStore(Protocol):
 
     Three kinds of transaction, named for what their callers mean: `transaction` (waited
     for, durable, optionally fenced), `apply_commands` and `record_progress`. Each commits
-    its writes together on a normal exit, or discards them all on an exception, and resolves
-    its `durable` future once the commit is durable (or with the StoreError if it failed).
+    its writes together on a normal exit, or discards them all on an exception. Its
+    `durable` future resolves once the commit is durable (`record_progress` on PostgreSQL:
+    once committed), or holds the StoreError of a commit that failed after the exit had
+    returned (SQLite's unwaited batches); an exit that raises leaves it unresolved.
 
     Fencing (`lane`) matters where replicas share the store (PostgreSQL with an instance
     id): the transaction raises LaneLost, applying nothing, unless this replica holds `lane`

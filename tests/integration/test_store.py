@@ -13,12 +13,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from service import aio
+from service.adapters.store import leases
 from service.adapters.store.memory import MemoryStore
 from service.adapters.store.pending import documents_to_drop
 from service.adapters.store.postgres import PostgresStore
 from service.adapters.store.postgres import _Transaction as PostgresTransaction
 from service.adapters.store.sqlite import SqliteStore
 from service.core import jobs
+from service.core.backoff import Backoff
 from service.core.events import job_event
 from service.models import CreatePrintJob, JobStatus, UpdatePrintJob
 from service.ports import JobStore, LaneLost, StoreError, StoreTransaction
@@ -530,3 +533,27 @@ def test_a_final_job_drops_its_inline_document_only():
     assert all(isinstance(job, jobs.Job) for job in finals)
     assert documents_to_drop([inline, by_url]) == []
     assert documents_to_drop(job for job in finals if isinstance(job, jobs.Job)) == ["d-1"]
+
+
+async def test_leases_retry_with_growing_pauses_and_give_up_once_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """PostgreSQL cannot be reached: the coordinator retries after the Backoff's pauses and
+    returns, holding nothing, once the service stops."""
+    stopping = asyncio.Event()
+    pauses: list[float] = []
+
+    async def pause(event: asyncio.Event, seconds: float) -> bool:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            stopping.set()
+        return await aio.sleep_unless(event, seconds)
+
+    monkeypatch.setattr(leases, "sleep_unless", pause)
+    monkeypatch.setattr(leases, "_retry_pause", lambda: Backoff(first=0.001, cap=0.004))
+    coordinator = leases.PostgresLeases(
+        "postgresql://nobody@127.0.0.1:1/none", instance="a", lease_seconds=3, lane_of=str
+    )
+    await coordinator.run(stopping)
+    assert pauses == [0.001, 0.002, 0.004]
+    assert not coordinator.owns(leases.RELAY_LANE)
