@@ -88,7 +88,8 @@ class StoreTransaction(Protocol):
     """Reads and writes that commit together, or not at all."""
 
     durable: asyncio.Future[None]
-    """Resolved once the commit is durable; holds the StoreError if it failed."""
+    """Resolved once the commit is durable (a relaxed one: done); holds the StoreError of a
+    commit that failed after the exit had returned. See `JobStore`."""
 
     async def get(self, job_id: str) -> Job | None: ...
 
@@ -106,10 +107,26 @@ class StoreTransaction(Protocol):
 
 
 class JobStore(Protocol):
-    """Jobs and the outbox of messages their changes produced."""
+    """Jobs and the outbox of messages their changes produced.
 
-    healthy: bool
-    """False after a failed write, until the next successful commit."""
+    Three kinds of transaction, named for what their callers mean: `transaction` (waited
+    for, durable, optionally fenced), `apply_commands` and `record_progress`. Each commits
+    its writes together on a normal exit, or discards them all on an exception. Its
+    `durable` future resolves once the commit is durable (`record_progress` on PostgreSQL:
+    once committed), or holds the StoreError of a commit that failed after the exit had
+    returned (SQLite's unwaited batches); an exit that raises leaves it unresolved.
+
+    Fencing (`lane`) matters where replicas share the store (PostgreSQL with an instance
+    id): the transaction raises LaneLost, applying nothing, unless this replica holds `lane`
+    until it commits. The single-replica stores (memory, SQLite, and PostgreSQL without an
+    instance id) hold every lane: they never raise it.
+    """
+
+    @property
+    def healthy(self) -> bool:
+        """False after a failed commit, until one succeeds (PostgreSQL: also after a failed
+        read, until a read succeeds)."""
+        ...
 
     async def open(self) -> None:
         """Create or migrate the schema; recover counters."""
@@ -125,45 +142,45 @@ class JobStore(Protocol):
         ...
 
     async def read_job(self, job_id: str) -> Job | None:
-        """The job as the last transaction left it, without locking it (a reader that will
-        not write it back)."""
+        """The job as the last applied transaction left it, for a reader that will not write
+        it back: it locks nothing and waits for no transaction (PostgreSQL: a plain SELECT of
+        committed data, on a pooled connection; SQLite: the overlay of applied batches, then
+        the database; memory: the committed jobs, not those of an open transaction)."""
         ...
 
     def apply_commands(self) -> AbstractAsyncContextManager[StoreTransaction]:
-        """A transaction for a batch of commands. Its exit returns once the writes are
-        applied (later transactions see them) and may return before they are durable:
-        `durable` resolves once they are, and only then may the commands be acknowledged.
-        One durable commit may serve many batches."""
+        """A transaction for a batch of commands, not fenced.
+
+        Its exit returns once the writes are applied (later transactions and `read_job` see
+        them); `durable` resolves once they are durable, and only then may the commands be
+        acknowledged. SQLite: the exit returns at once, the batch joining the next group
+        commit (one fsync serves many batches). PostgreSQL: the exit waits for a durable
+        commit, since until it commits no other connection sees the writes, and the next
+        transaction must see the job a command just created; concurrent commits share WAL
+        flushes in the server. Memory: it commits at the exit.
+        """
         ...
 
     def record_progress(self, lane: str) -> AbstractAsyncContextManager[StoreTransaction]:
-        """A transaction for what a printer of `lane` reported about its job.
+        """A transaction for what a printer of `lane` reported about its job: fenced by
+        `lane`, and relaxed, since the service can redo it (the job is reloaded and printed
+        again).
 
-        Fenced: it raises LaneLost, applying nothing, unless this replica holds `lane` until
-        it commits. The service can redo it (the job is reloaded and printed again), so the
-        store may report the commit before it is on disk, and the exit may return before
-        the commit: `durable` says how it went.
+        PostgreSQL commits it with `synchronous_commit off` (the exit returns once it is
+        committed, maybe before the WAL is on disk: a crash of the server could lose it, not
+        reorder it). SQLite: the exit returns at once, the writes applied, and the batch
+        joins the next group commit like any other. Memory: it commits at the exit. In each,
+        `durable` says how the commit went.
         """
         ...
 
     def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
+        self, *, lane: str | None = None
     ) -> AbstractAsyncContextManager[StoreTransaction]:
-        """Commits on a normal exit, discards everything on an exception.
-
-        With `lane`, the transaction is fenced: it raises LaneLost, applying nothing, unless
-        this replica holds `lane` until it commits (a store shared by replicas; the others
-        ignore it: they have one replica).
-
-        With `wait` (the default) the exit returns once the commit is durable; without it,
-        once the writes are applied (later transactions see them), and the transaction's
-        `durable` future tells how the commit went. Acknowledging a command needs a durable
-        commit (waited for at exit, or through `durable` before the acknowledgement).
-
-        With `relaxed`, the store may report the commit before it is on disk (a crash of the
-        store itself could lose it): for what the service can redo, such as a printer's
-        progress (reloaded) or marking messages sent (published again).
-        """
+        """A transaction whose exit returns once its commit is durable (`durable` is then
+        resolved), or raises the StoreError if it failed. With `lane`, it is fenced.
+        PostgreSQL commits it with `synchronous_commit on`; SQLite waits for the group commit
+        it joins."""
         ...
 
     async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:

@@ -6,18 +6,25 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from service import aio
+from service.adapters.store import leases
 from service.adapters.store.memory import MemoryStore
+from service.adapters.store.pending import documents_to_drop
 from service.adapters.store.postgres import PostgresStore
+from service.adapters.store.postgres import _Transaction as PostgresTransaction
 from service.adapters.store.sqlite import SqliteStore
 from service.core import jobs
+from service.core.backoff import Backoff
 from service.core.events import job_event
 from service.models import CreatePrintJob, JobStatus, UpdatePrintJob
-from service.ports import JobStore, StoreError
+from service.ports import JobStore, LaneLost, StoreError, StoreTransaction
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -25,12 +32,17 @@ StoreFactory = Callable[[], JobStore]
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Makes stores on the same data (a second one is the first after a restart)."""
-    if request.param == "memory":
+    if backend == "memory":
         only = MemoryStore()
         return lambda: only
-    if request.param == "sqlite":
+    if backend == "sqlite":
         return lambda: SqliteStore(tmp_path / "jobs.db", commit_delay=0.001)
     url = request.getfixturevalue("postgres_url")
     return lambda: PostgresStore(url, pool_size=4)
@@ -106,15 +118,18 @@ async def test_outbox_keeps_order_and_forgets_what_is_sent(store: JobStore):
     unsent = await store.unsent(10)
     assert [r.message.label for r in unsent] == ["created", "started"]
     assert unsent[0].position < unsent[1].position
+    committed = asyncio.Event()
+    store.on_commit(committed.set)
     await store.mark_sent([unsent[0].position])
-    await asyncio.sleep(0.05)  # mark_sent need not wait for its commit
+    if store.outbox_depth == 2:  # not committed yet: mark_sent need not wait for it (SQLite)
+        await committed.wait()
     assert [r.message.label for r in await store.unsent(10)] == ["started"]
     assert store.outbox_depth == 1
 
 
 async def test_a_later_transaction_sees_an_earlier_one_that_did_not_wait(store: JobStore):
     job = a_job()
-    async with store.transaction(wait=False) as tx:
+    async with store.apply_commands() as tx:
         tx.put(job)
     async with store.transaction() as tx2:
         assert await tx2.get(job.job_id) == job
@@ -248,29 +263,42 @@ async def test_counts_include_what_is_written_and_not_yet_committed(store: JobSt
         tx.put(first)
     started = jobs.start(first, now=T0)
     assert isinstance(started, jobs.Job)
-    async with store.transaction(wait=False) as tx:
+    async with store.apply_commands() as tx:
         tx.put(started)
         tx.put(a_print_job("p-2", queue))
     # No suspension since: in SQLite this batch is not committed yet.
-    async with store.transaction(wait=False) as tx:
+    async with store.apply_commands() as tx:
         counts = await tx.counts(queue)
     assert counts == {JobStatus.created: 1, JobStatus.started: 1}
     await tx.durable
 
 
-async def test_sqlite_a_failed_commit_fails_what_was_built_on_it(tmp_path: Path):
+async def test_sqlite_a_failed_commit_fails_what_was_built_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Work that read a batch's uncommitted writes must not commit when that batch fails."""
     store = SqliteStore(tmp_path / "jobs.db", commit_delay=0.001)
     await store.open()
+    writing = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    write = store._write
+
+    def announced_write(batch):  # in the committer's thread
+        loop.call_soon_threadsafe(writing.set)
+        return write(batch)
+
+    monkeypatch.setattr(store, "_write", announced_write)
+    assert store._writer is not None
+    store._writer.execute("PRAGMA busy_timeout=100")  # the lock below is not let go
     blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
     try:
         blocker.execute("BEGIN EXCLUSIVE")  # the committer's BEGIN times out (busy_timeout)
         job = a_job()
-        async with store.transaction(wait=False) as first:
+        async with store.apply_commands() as first:
             first.put(job)
             first.emit(event_of(job))
-        await asyncio.sleep(0.1)  # the committer has taken `first` and waits for the lock
-        async with store.transaction(wait=False) as second:
+        await writing.wait()  # the committer has taken `first` and waits for the lock
+        async with store.apply_commands() as second:
             seen = await second.get(job.job_id)
             assert seen == job, "a later transaction reads what is being committed"
             started = jobs.start(job, now=T0)
@@ -293,17 +321,239 @@ async def test_sqlite_a_failed_commit_fails_what_was_built_on_it(tmp_path: Path)
         await store.close()
 
 
-async def test_postgres_only_relaxed_transactions_skip_the_wal_flush(postgres_url: str):
-    """Commands are acknowledged after a transaction that did not wait at its exit: its
-    commit must still be synchronous. Only what the service can redo is relaxed."""
+async def test_postgres_only_progress_skips_the_wal_flush(postgres_url: str):
+    """Commands are acknowledged once `durable` resolves: their commit must be synchronous.
+    Only what the service can redo (a printer's progress) is relaxed."""
     store = PostgresStore(postgres_url, pool_size=2)
     await store.open()
+    kinds: dict[str, Callable[[], AbstractAsyncContextManager[PostgresTransaction]]] = {
+        "transaction": store.transaction,
+        "fenced transaction": lambda: store.transaction(lane="q1"),
+        "apply_commands": store.apply_commands,
+        "record_progress": lambda: store.record_progress("q1"),
+    }
+    seen: dict[str, str] = {}
     try:
-        for relaxed, expected in ((False, "on"), (True, "off")):
-            async with store.transaction(wait=False, relaxed=relaxed) as tx:
+        for name, kind in kinds.items():
+            async with kind() as tx:
                 cursor = await tx._conn.execute("SHOW synchronous_commit")
                 row = await cursor.fetchone()
             assert row is not None
-            assert row[0] == expected, f"relaxed={relaxed}"
+            seen[name] = row[0]
     finally:
         await store.close()
+    assert seen == {
+        "transaction": "on",
+        "fenced transaction": "on",
+        "apply_commands": "on",
+        "record_progress": "off",
+    }
+
+
+# --- what each kind of transaction promises, on each store ---------------------------------------
+
+
+async def test_read_job_locks_nothing_and_sees_only_what_is_applied(store: JobStore):
+    job = a_job()
+    assert await store.read_job(job.job_id) is None
+    async with store.transaction() as tx:
+        tx.put(job)
+    started = jobs.start(job, now=T0)
+    assert isinstance(started, jobs.Job)
+    async with store.transaction() as tx:
+        assert await tx.get(job.job_id) == job  # PostgreSQL: the row is locked FOR UPDATE now
+        tx.put(started)
+        # Neither waits for this transaction (a lock would never be let go: it waits on us)
+        # nor sees its writes.
+        assert await store.read_job(job.job_id) == job
+    assert await store.read_job(job.job_id) == started
+
+
+async def test_apply_commands_returns_once_applied_then_becomes_durable(
+    store: JobStore, backend: str
+):
+    job = a_job()
+    async with store.apply_commands() as tx:
+        tx.put(job)
+        tx.emit(event_of(job))
+    # SQLite returns before its group commit; PostgreSQL must commit for others to see it.
+    assert tx.durable.done() is (backend != "sqlite")
+    assert await store.read_job(job.job_id) == job
+    async with store.apply_commands() as later:
+        assert await later.get(job.job_id) == job
+    await tx.durable
+    assert [r.message.order_key for r in await store.unsent(10)] == [job.job_id]
+
+
+async def test_record_progress_applies_in_a_lane_every_single_replica_holds(
+    store: JobStore, backend: str
+):
+    job = a_job()
+    async with store.transaction() as tx:
+        tx.put(job)
+    started = jobs.start(job, now=T0)
+    assert isinstance(started, jobs.Job)
+    async with store.record_progress("q1") as tx:
+        assert await tx.get(job.job_id) == job
+        tx.put(started)
+        tx.emit(event_of(started))
+    assert tx.durable.done() is (backend != "sqlite")  # SQLite: not waited for
+    assert await store.read_job(job.job_id) == started
+    await tx.durable
+    assert [r.message.label for r in await store.unsent(10)] == ["started"]
+
+
+async def test_a_transaction_returns_once_durable_fenced_or_not(store: JobStore):
+    job = a_job()
+    async with store.transaction() as tx:
+        tx.put(job)
+    assert tx.durable.done()
+    assert tx.durable.exception() is None
+    started = jobs.start(job, now=T0)
+    assert isinstance(started, jobs.Job)
+    async with store.transaction(lane="q1") as fenced:  # one replica: it holds every lane
+        fenced.put(started)
+    assert fenced.durable.done()
+    assert await store.read_job(job.job_id) == started
+
+
+async def test_postgres_fences_progress_and_transactions_by_lane(postgres_url: str):
+    """With replicas (an instance id), a fenced transaction commits only in a lane this
+    replica holds under a live lease; commands are not fenced."""
+    store = PostgresStore(postgres_url, pool_size=2, notify_as="replica-a")
+    await store.open()
+    admin = await psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+    try:
+        job = a_job()
+        async with store.apply_commands() as tx:
+            tx.put(job)
+        started = jobs.start(job, now=T0)
+        assert isinstance(started, jobs.Job)
+
+        async def start_in(kind: Callable[[], AbstractAsyncContextManager[StoreTransaction]]):
+            async with kind() as tx:
+                assert await tx.get(job.job_id) == job
+                tx.put(started)
+                tx.emit(event_of(started))
+
+        async def lane_lost(kind: Callable[[], AbstractAsyncContextManager[StoreTransaction]]):
+            with pytest.raises(LaneLost):
+                await start_in(kind)
+            assert await store.read_job(job.job_id) == job, "nothing applied"
+            assert await store.unsent(10) == []
+
+        def progress() -> AbstractAsyncContextManager[StoreTransaction]:
+            return store.record_progress("q1")
+
+        def fenced() -> AbstractAsyncContextManager[StoreTransaction]:
+            return store.transaction(lane="q1")
+
+        for kind in (progress, fenced):  # nobody holds q1
+            await lane_lost(kind)
+        await admin.execute(
+            "INSERT INTO replicas VALUES ('replica-a', now() - interval '1 second'), "
+            "('replica-b', now() + interval '1 hour')"
+        )
+        await admin.execute("INSERT INTO lanes VALUES ('q1', 'replica-b')")
+        for kind in (progress, fenced):  # another live replica holds it
+            await lane_lost(kind)
+        await admin.execute("UPDATE lanes SET owner = 'replica-a'")
+        for kind in (progress, fenced):  # this replica holds it, but its lease ran out
+            await lane_lost(kind)
+
+        await admin.execute("UPDATE replicas SET lease_until = now() + interval '1 hour'")
+        async with store.record_progress("q1") as tx:
+            tx.put(started)
+        assert await store.read_job(job.job_id) == started
+        done = jobs.finish(started, now=T0)
+        assert isinstance(done, jobs.Job)
+        async with store.transaction(lane="q1") as tx:
+            tx.put(done)
+        assert await store.read_job(job.job_id) == done
+    finally:
+        await admin.close()
+        await store.close()
+
+
+async def test_postgres_health_follows_failed_reads_and_commits(postgres_url: str):
+    """A failed read marks the store unhealthy until a read works; a failed commit, until a
+    commit works (a read that works says nothing of writes)."""
+    store = PostgresStore(postgres_url, pool_size=1)
+    await store.open()
+    admin = await psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+
+    async def cut_the_connection() -> None:
+        async with store._read() as conn:
+            pid = conn.info.backend_pid
+        await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while await (
+            await admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+        ).fetchone():
+            pass  # each query yields: until the server has ended that backend
+
+    try:
+        await cut_the_connection()
+        with pytest.raises(StoreError):
+            await store.read_job("x")
+        assert not store.healthy
+        assert await store.read_job("x") is None  # the pool connects again
+        assert store.healthy
+
+        await cut_the_connection()
+        with pytest.raises(StoreError):
+            async with store.transaction() as tx:
+                tx.put(a_job())
+        assert not store.healthy
+        assert await store.read_job("x") is None
+        assert not store.healthy, "a read says nothing of writes"
+        async with store.transaction() as tx:
+            tx.put(a_job())
+        assert store.healthy
+    finally:
+        await admin.close()
+        await store.close()
+
+
+def test_a_final_job_drops_its_inline_document_only():
+    inline = a_print_job("d-1")
+    by_url = jobs.create(
+        None,
+        CreatePrintJob.model_validate(
+            {
+                "jobId": "d-2",
+                "document": {"contentType": "application/pdf", "url": "https://example.org/d"},
+            }
+        ),
+        queue_id="q1",
+        correlation_id="c",
+        now=T0,
+    )
+    assert isinstance(by_url, jobs.Job)
+    finals = [jobs.cancel(job, force=False, now=T0) for job in (inline, by_url, a_job("d-3"))]
+    assert all(isinstance(job, jobs.Job) for job in finals)
+    assert documents_to_drop([inline, by_url]) == []
+    assert documents_to_drop(job for job in finals if isinstance(job, jobs.Job)) == ["d-1"]
+
+
+async def test_leases_retry_with_growing_pauses_and_give_up_once_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """PostgreSQL cannot be reached: the coordinator retries after the Backoff's pauses and
+    returns, holding nothing, once the service stops."""
+    stopping = asyncio.Event()
+    pauses: list[float] = []
+
+    async def pause(event: asyncio.Event, seconds: float) -> bool:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            stopping.set()
+        return await aio.sleep_unless(event, seconds)
+
+    monkeypatch.setattr(leases, "sleep_unless", pause)
+    monkeypatch.setattr(leases, "_retry_pause", lambda: Backoff(first=0.001, cap=0.004))
+    coordinator = leases.PostgresLeases(
+        "postgresql://nobody@127.0.0.1:1/none", instance="a", lease_seconds=3, lane_of=str
+    )
+    await coordinator.run(stopping)
+    assert pauses == [0.001, 0.002, 0.004]
+    assert not coordinator.owns(leases.RELAY_LANE)

@@ -27,8 +27,9 @@ import psycopg
 import structlog
 from psycopg.rows import TupleRow
 
-from service.aio import first_of
-from service.ports import StoreError
+from service.aio import first_of, sleep_unless
+from service.core.backoff import Backoff
+from service.ports import LaneCallback, StoreError
 
 __all__ = ["JOB_CHANNEL", "RELAY_LANE", "PostgresLeases", "notify_payloads"]
 
@@ -48,8 +49,12 @@ _CLAIM: Final = """
     RETURNING lane
 """
 
-LaneCallback = Callable[[list[str]], None]
 JobCallback = Callable[[str, str], None]
+
+
+def _retry_pause() -> Backoff:
+    """Pauses between tries to reach PostgreSQL: replicas cut off together spread out."""
+    return Backoff(first=0.5, cap=10.0, jitter=0.2)
 
 
 class PostgresLeases:
@@ -120,11 +125,13 @@ class PostgresLeases:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Renew, scan for lanes to take over, and follow job notifications until stopped."""
-        listener = await self._connect()
-        await listener.execute(f"LISTEN {JOB_CHANNEL}")
-        await self._renew()
+        listener = await self._connect(stopping)
+        if listener is None:
+            return  # stopped before PostgreSQL could be reached: nothing held, nothing to give
+        # The task owns the connection now: it replaces it after a failure, and closes it.
         listen = asyncio.create_task(self._listen(listener, stopping))
         try:
+            await self._renew()
             while not stopping.is_set():
                 await self._scan()
                 with contextlib.suppress(TimeoutError):
@@ -136,7 +143,6 @@ class PostgresLeases:
             listen.cancel()
             await asyncio.gather(listen, return_exceptions=True)
             await self._release()
-            await listener.close()
             if self._conn is not None:
                 await self._conn.close()
 
@@ -201,25 +207,38 @@ class PostgresLeases:
     async def _listen(
         self, conn: psycopg.AsyncConnection[TupleRow], stopping: asyncio.Event
     ) -> None:
-        while not stopping.is_set():
-            try:
-                async for notice in conn.notifies(timeout=1.0):
-                    instance, _, rest = notice.payload.partition(" ")
-                    if instance == self.instance:
-                        continue
-                    queue_id, _, job_id = rest.partition(" ")
-                    if queue_id == "*":  # lanes were released: take them over now
-                        self._scan_now.set()
-                    elif self._lane_of(queue_id) in self._owned:
-                        self._on_job(queue_id, job_id)
-            except psycopg.Error as exc:
-                log.warning("job_notifications_lost", error=str(exc))
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(psycopg.Error):
-                    await conn.close()
-                conn = await self._connect()
-                await conn.execute(f"LISTEN {JOB_CHANNEL}")
-                self._scan_now.set()  # what was missed: the scan and a reload catch up
+        pause = _retry_pause()
+        try:
+            while not stopping.is_set():
+                try:
+                    await self._follow(conn)
+                    pause.reset()  # the connection served a whole wait
+                except psycopg.Error as exc:
+                    log.warning("job_notifications_lost", error=str(exc))
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                    if await sleep_unless(stopping, pause.delay()):
+                        return
+                    reconnected = await self._connect(stopping)
+                    if reconnected is None:
+                        return
+                    conn = reconnected
+                    self._scan_now.set()  # what was missed: the scan and a reload catch up
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+    async def _follow(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """Hand on the job notifications that come within a second."""
+        async for notice in conn.notifies(timeout=1.0):
+            instance, _, rest = notice.payload.partition(" ")
+            if instance == self.instance:
+                continue
+            queue_id, _, job_id = rest.partition(" ")
+            if queue_id == "*":  # lanes were released: take them over now
+                self._scan_now.set()
+            elif self._lane_of(queue_id) in self._owned:
+                self._on_job(queue_id, job_id)
 
     async def _release(self) -> None:
         """A clean stop: give the lanes back and tell the others to take them."""
@@ -234,13 +253,23 @@ class PostgresLeases:
             )
         log.info("lanes_released", instance=self.instance)
 
-    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
-        while True:
+    async def _connect(self, stopping: asyncio.Event) -> psycopg.AsyncConnection[TupleRow] | None:
+        """A connection listening for job notifications, or None once `stopping` is set."""
+        pause = _retry_pause()
+        while not stopping.is_set():
+            conn: psycopg.AsyncConnection[TupleRow] | None = None
             try:
-                return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                await conn.execute(f"LISTEN {JOB_CHANNEL}")
             except psycopg.Error as exc:
                 log.warning("lease_connection_failed", error=str(exc))
-                await asyncio.sleep(1.0)
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                await sleep_unless(stopping, pause.delay())
+            else:
+                return conn
+        return None
 
     async def _execute(self, sql: str, params: dict[str, object]) -> list[TupleRow]:
         async with self._lock:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from service.adapters.store.pending import documents_to_drop
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.models import JobStatus
@@ -63,19 +64,18 @@ class MemoryStore:
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
-    ) -> AsyncIterator[_Transaction]:
-        del wait, relaxed  # a memory commit is as durable as it gets at once
+    async def transaction(self, *, lane: str | None = None) -> AsyncIterator[_Transaction]:
+        """Every transaction of this store: it commits at its exit, as durable as it gets.
+        `apply_commands` and `record_progress` are this too (so a test's subclass that
+        overrides it sees them all)."""
         del lane  # one replica: it holds every lane
         async with self._lock:
             tx = _Transaction(self._jobs)
             yield tx
             self._jobs.update(tx.writes)
             self._documents.update(tx.documents)
-            for job in tx.writes.values():
-                if job.is_final:
-                    self._documents.pop(job.job_id, None)
+            for job_id in documents_to_drop(tx.writes.values()):
+                self._documents.pop(job_id, None)
             now = time.time()
             for message in tx.messages:
                 self._outbox[next(self._positions)] = (message, now)
@@ -84,6 +84,7 @@ class MemoryStore:
             listener()
 
     async def read_job(self, job_id: str) -> Job | None:
+        # Committed jobs only, without the lock: an open transaction's writes are its own.
         return self._jobs.get(job_id)
 
     def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:

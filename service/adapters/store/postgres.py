@@ -3,13 +3,14 @@
 Each transaction is a database transaction on one pooled connection: the job row is read
 `FOR UPDATE`, so two transactions on the same job (a cancel and a printer's progress, from
 any replica) take turns, and per-job outbox positions increase in commit order. PostgreSQL
-commits concurrent transactions together by itself; a transaction whose caller does not
-wait for durability commits with `synchronous_commit = off` (no WAL flush to wait for).
+commits concurrent transactions together by itself, so every transaction's exit waits for
+its commit; a printer's progress, which the service can redo, commits with
+`synchronous_commit = off` (no WAL flush to wait for). `read_job` and the other reads use
+plain SELECTs on a pooled connection: they lock nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +23,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.adapters.store.leases import notify_payloads
+from service.adapters.store.pending import PendingWrites, documents_to_drop
 from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
@@ -37,7 +39,7 @@ from service.adapters.store.rows import (
     outbox_row,
     outgoing_from_row,
 )
-from service.core.events import Outgoing
+from service.adapters.store.schema import POSTGRES, migrations
 from service.core.jobs import Job
 from service.models import JobStatus
 from service.ports import DeadLetter, LaneLost, OutboxRecord, StoreError, StoreRefused
@@ -48,75 +50,6 @@ log = structlog.get_logger(__name__)
 
 # Any constant: replicas starting together take turns migrating.
 _MIGRATION_LOCK: Final = 0x5052_494E_54
-
-MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE jobs (
-        job_id TEXT PRIMARY KEY,
-        queue_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        sequence INTEGER NOT NULL,
-        priority TEXT NOT NULL,
-        user_id TEXT,
-        document_name TEXT,
-        created_at TIMESTAMPTZ NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL,
-        correlation_id TEXT NOT NULL,
-        reason TEXT
-    );
-    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started');
-    CREATE TABLE job_history (
-        job_id TEXT NOT NULL,
-        sequence INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        at TIMESTAMPTZ NOT NULL,
-        reason TEXT,
-        PRIMARY KEY (job_id, sequence)
-    );
-    CREATE TABLE outbox (
-        position BIGSERIAL PRIMARY KEY,
-        message_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        routing_key TEXT NOT NULL,
-        order_key TEXT NOT NULL,
-        body BYTEA NOT NULL,
-        correlation_id TEXT NOT NULL,
-        label TEXT NOT NULL,
-        received_at DOUBLE PRECISION,
-        enqueued_at DOUBLE PRECISION NOT NULL
-    )
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN details TEXT;
-    CREATE INDEX jobs_by_queue ON jobs (queue_id, status);
-    CREATE TABLE documents (
-        job_id TEXT PRIMARY KEY,
-        data BYTEA NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE replicas (
-        instance TEXT PRIMARY KEY,
-        lease_until TIMESTAMPTZ NOT NULL
-    );
-    CREATE TABLE lanes (
-        lane TEXT PRIMARY KEY,
-        owner TEXT
-    )
-    """,
-    """
-    CREATE TABLE dead_letters (
-        id BIGSERIAL PRIMARY KEY,
-        source TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL,
-        reason TEXT NOT NULL,
-        address TEXT NOT NULL,
-        payload BYTEA NOT NULL,
-        properties TEXT NOT NULL,
-        attempts INTEGER NOT NULL
-    )
-    """,
-)
 
 # Constant column names; the values are parameters.
 _UPSERT_JOB: Final = (
@@ -145,31 +78,16 @@ def _same(moment: datetime) -> datetime:
     return moment
 
 
-class _Transaction:
+class _Transaction(PendingWrites):
     def __init__(self, conn: psycopg.AsyncConnection[TupleRow], instance: str | None) -> None:
+        super().__init__()
         self._conn = conn
         self._instance = instance
-        self.jobs: dict[str, Job] = {}
-        self.documents: dict[str, bytes] = {}
-        self.messages: list[Outgoing] = []
-        self.sent: list[int] = []
-        self.letters: list[DeadLetter] = []
-        self.dropped_letters: list[int] = []
-        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def writes(self) -> bool:
-        return bool(
-            self.jobs
-            or self.messages
-            or self.sent
-            or self.documents
-            or self.letters
-            or self.dropped_letters
-        )
 
     async def get(self, job_id: str) -> Job | None:
         if job_id in self.jobs:
             return self.jobs[job_id]
+        # Locked until the commit: two transactions on one job, from any replica, take turns.
         cursor = await self._conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = %s FOR UPDATE",  # noqa: S608
             (job_id,),
@@ -177,20 +95,11 @@ class _Transaction:
         row = await cursor.fetchone()
         return job_from_row(row) if row else None
 
-    def put(self, job: Job) -> None:
-        self.jobs[job.job_id] = job
-
-    def put_document(self, job_id: str, data: bytes) -> None:
-        self.documents[job_id] = data
-
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         cursor = await self._conn.execute(
             "SELECT status, COUNT(*) FROM jobs WHERE queue_id = %s GROUP BY status", (queue_id,)
         )
         return {JobStatus(status): int(count) for status, count in await cursor.fetchall()}
-
-    def emit(self, message: Outgoing) -> None:
-        self.messages.append(message)
 
     async def apply(self) -> None:
         conn = self._conn
@@ -211,12 +120,7 @@ class _Transaction:
                     "ON CONFLICT (job_id) DO UPDATE SET data = EXCLUDED.data",
                     list(self.documents.items()),
                 )
-            if done := [
-                job.job_id
-                for job in self.jobs.values()
-                if job.is_final and job.document is not None and job.document.url is None
-            ]:
-                # A document is kept only as long as its job may still print it.
+            if done := documents_to_drop(self.jobs.values()):
                 await cursor.execute("DELETE FROM documents WHERE job_id = ANY(%s)", (done,))
             if self.jobs:
                 await cursor.executemany(_UPSERT_JOB, job_rows)
@@ -285,7 +189,8 @@ class PostgresStore:
         )
         self._listeners: list[Callable[[], None]] = []
         self._depth = 0
-        self.healthy = True
+        self._write_failed = False
+        self._read_failed = False
 
     @property
     def outbox_depth(self) -> int:
@@ -315,10 +220,10 @@ class PostgresStore:
             )
             cursor = await conn.execute("SELECT version FROM schema_migrations")
             done = {row[0] for row in await cursor.fetchall()}
-            for version, script in enumerate(MIGRATIONS, start=1):
+            for version, statements in migrations(POSTGRES):
                 if version in done:
                     continue
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements:
                     await conn.execute(statement.encode())
                 await conn.execute(
                     "INSERT INTO schema_migrations (version) VALUES (%s)", (version,)
@@ -328,16 +233,28 @@ class PostgresStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    def transaction(self, *, lane: str | None = None) -> AbstractAsyncContextManager[_Transaction]:
+        return self._transaction(relaxed=False, lane=lane)
+
+    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
+        # Waits for the commit, and a durable one: until PostgreSQL commits, no other
+        # connection sees the writes, and a later transaction (the next batch, on another
+        # pooled connection or replica) must see a job that a command just created.
+        return self._transaction(relaxed=False, lane=None)
+
+    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
+        return self._transaction(relaxed=True, lane=lane)
+
     @asynccontextmanager
-    async def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
-    ) -> AsyncIterator[_Transaction]:
-        del wait  # the exit always waits for the commit; `durable` is then resolved
+    async def _transaction(self, *, relaxed: bool, lane: str | None) -> AsyncIterator[_Transaction]:
+        """One database transaction; the exit returns once it is committed, and `durable` is
+        resolved then. With `relaxed`, the commit does not wait for the WAL flush: still
+        atomic and ordered, but a crash of PostgreSQL could lose it (for what can be redone).
+        With `lane`, fenced: LaneLost unless this replica holds it (if it is one of several:
+        `notify_as`)."""
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 if relaxed:
-                    # The caller can redo this change: the commit need not wait for the WAL
-                    # flush. Still atomic and ordered; only a crash of PostgreSQL could lose it.
                     await conn.execute("SET LOCAL synchronous_commit TO off")
                 tx = _Transaction(conn, self._notify_as)
                 yield tx
@@ -349,19 +266,26 @@ class PostgresStore:
         except _REFUSALS as exc:
             # The server refused this transaction's data or statement: not an outage.
             raise StoreRefused(f"the store refused the transaction: {exc}") from exc
-        except psycopg.Error as exc:
-            self.healthy = False
-            raise StoreError(f"store transaction failed: {exc}") from exc
         except PoolTimeout as exc:
-            self.healthy = False
+            self._write_failed = True
             raise StoreError(f"no store connection: {exc}") from exc
-        self.healthy = True
+        except psycopg.Error as exc:
+            self._write_failed = True
+            raise StoreError(f"store transaction failed: {exc}") from exc
+        self._write_failed = self._read_failed = False
         tx.durable.set_result(None)
         if tx.messages or tx.sent:
             self._depth += len(tx.messages) - len(tx.sent)
         if tx.writes():
             for listener in self._listeners:
                 listener()
+
+    @property
+    def healthy(self) -> bool:
+        """False after a failed commit until one succeeds, and after a failed read (the
+        server is away) until a read or a commit succeeds: a read that works says nothing
+        of writes (a full disk), so it does not clear a failed commit."""
+        return not (self._write_failed or self._read_failed)
 
     async def _configure(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         await conn.execute(self._limits)
@@ -402,7 +326,7 @@ class PostgresStore:
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # If this is lost, the messages go out again with the same ids: consumers dedupe.
-        async with self.transaction(wait=False, relaxed=True) as tx:
+        async with self._transaction(relaxed=True, lane=None) as tx:
             tx.sent.extend(positions)
 
     async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
@@ -443,17 +367,19 @@ class PostgresStore:
             row = await cursor.fetchone()
         return None if row is None else job_from_row(row)
 
-    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
-        return self.transaction(wait=False)
-
-    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
-        return self.transaction(wait=False, relaxed=True, lane=lane)
-
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        """A pooled connection for reads: plain SELECTs, committed data, no row locks (they
+        take none, and the pool commits the read's transaction when it takes the connection
+        back)."""
         try:
             async with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.Error, PoolTimeout) as exc:
-            self.healthy = False
+        except _REFUSALS as exc:
+            # A read the server cannot take (a bug, or a parameter it cannot hold): it says
+            # nothing of the server's health.
+            raise StoreError(f"store read refused: {exc}") from exc
+        except psycopg.Error as exc:  # PoolTimeout too: no connection to be had
+            self._read_failed = True
             raise StoreError(f"store read failed: {exc}") from exc
+        self._read_failed = False

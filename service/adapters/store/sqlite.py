@@ -4,7 +4,8 @@ A transaction buffers its writes and, on exit, joins the batch waiting for the c
 never waits for a lock. The committer takes the whole batch after a pause of `commit_delay`
 (which lets concurrent work join it), then writes and commits it in a worker thread: under
 load, many commands share one fsync, the loop never waits for the disk, and a transaction
-that asks to wait returns only once its own effect is durable.
+that is waited for (`transaction`) returns only once its own effect is durable, the others
+(`apply_commands`, `record_progress`) once it is applied.
 
 Reads use a second connection, which sees only committed data, under an overlay of the jobs
 and documents written by batches not yet committed, so a transaction reads the latest
@@ -27,10 +28,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Final
 
 import structlog
 
+from service.adapters.store.pending import PendingWrites, documents_to_drop
 from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
@@ -47,7 +48,7 @@ from service.adapters.store.rows import (
     outbox_row,
     outgoing_from_row,
 )
-from service.core.events import Outgoing
+from service.adapters.store.schema import SQLITE, migrations
 from service.core.jobs import Job
 from service.models import JobStatus
 from service.ports import DeadLetter, OutboxRecord, StoreError
@@ -56,102 +57,17 @@ __all__ = ["SqliteStore"]
 
 log = structlog.get_logger(__name__)
 
-# Versioned schema: each entry is applied once, in order, and recorded in schema_migrations.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE jobs (
-        job_id TEXT PRIMARY KEY,
-        queue_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        sequence INTEGER NOT NULL,
-        priority TEXT NOT NULL,
-        user_id TEXT,
-        document_name TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        correlation_id TEXT NOT NULL,
-        reason TEXT
-    );
-    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started');
-    CREATE TABLE job_history (
-        job_id TEXT NOT NULL,
-        sequence INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        at TEXT NOT NULL,
-        reason TEXT,
-        PRIMARY KEY (job_id, sequence)
-    );
-    CREATE TABLE outbox (
-        position INTEGER PRIMARY KEY AUTOINCREMENT,
-        message_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        routing_key TEXT NOT NULL,
-        order_key TEXT NOT NULL,
-        body BLOB NOT NULL,
-        correlation_id TEXT NOT NULL,
-        label TEXT NOT NULL,
-        received_at REAL,
-        enqueued_at REAL NOT NULL
-    );
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN details TEXT;
-    CREATE INDEX jobs_by_queue ON jobs (queue_id, status);
-    CREATE TABLE documents (
-        job_id TEXT PRIMARY KEY,
-        data BLOB NOT NULL
-    );
-    """,
-    """
-    CREATE TABLE dead_letters (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        source TEXT NOT NULL,
-        at REAL NOT NULL,
-        reason TEXT NOT NULL,
-        address TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        properties TEXT NOT NULL,
-        attempts INTEGER NOT NULL
-    );
-    """,
-)
 
-
-class _Transaction:
+class _Transaction(PendingWrites):
     def __init__(self, store: SqliteStore) -> None:
+        super().__init__()
         self._store = store
-        self.jobs: dict[str, Job] = {}
-        self.documents: dict[str, bytes] = {}
-        self.messages: list[Outgoing] = []
-        self.sent: list[int] = []
-        self.letters: list[DeadLetter] = []
-        self.dropped_letters: list[int] = []
-        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def writes(self) -> bool:
-        return bool(
-            self.jobs
-            or self.messages
-            or self.sent
-            or self.documents
-            or self.letters
-            or self.dropped_letters
-        )
 
     async def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id) or self._store._job(job_id)  # noqa: SLF001 - its own store
 
-    def put(self, job: Job) -> None:
-        self.jobs[job.job_id] = job
-
-    def put_document(self, job_id: str, data: bytes) -> None:
-        self.documents[job_id] = data
-
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         return self._store.read_counts(queue_id, pending=self.jobs)
-
-    def emit(self, message: Outgoing) -> None:
-        self.messages.append(message)
 
 
 @dataclass(slots=True)
@@ -185,12 +101,7 @@ class _Batch:
         self.jobs.extend(jobs)
         self.job_rows.extend(job_rows)
         self.history_rows.extend(history_rows)
-        # A document is kept only as long as its job may still print it.
-        self.dropped_documents.extend(
-            (job.job_id,)
-            for job in jobs
-            if job.is_final and job.document is not None and job.document.url is None
-        )
+        self.dropped_documents.extend((job_id,) for job_id in documents_to_drop(jobs))
         self.documents.extend(tx.documents.items())
         self.outbox_rows.extend(outbox_rows)
         self.sent.extend((position,) for position in tx.sent)
@@ -248,12 +159,12 @@ class SqliteStore:
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
         done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, script in enumerate(MIGRATIONS, start=1):
+        for version, statements in migrations(SQLITE):
             if version in done:
                 continue
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,)
@@ -281,12 +192,23 @@ class SqliteStore:
     def outbox_depth(self) -> int:
         return self._depth
 
-    @asynccontextmanager
-    async def transaction(
-        self, *, wait: bool = True, relaxed: bool = False, lane: str | None = None
-    ) -> AsyncIterator[_Transaction]:
-        del relaxed  # every batch is committed with STORE_SYNCHRONOUS
+    def transaction(self, *, lane: str | None = None) -> AbstractAsyncContextManager[_Transaction]:
         del lane  # one replica: it holds every lane
+        return self._batched(wait=True)
+
+    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
+        return self._batched(wait=False)
+
+    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
+        # Committed like any batch (with STORE_SYNCHRONOUS): a group commit costs nothing more.
+        del lane  # one replica: it holds every lane
+        return self._batched(wait=False)
+
+    @asynccontextmanager
+    async def _batched(self, *, wait: bool) -> AsyncIterator[_Transaction]:
+        """A transaction that joins the next group commit at its exit; with `wait`, the exit
+        returns once that commit is durable, else at once (the writes are applied: reads and
+        later transactions see them through the overlay)."""
         tx = _Transaction(self)
         yield tx
         if not tx.writes():
@@ -335,12 +257,6 @@ class SqliteStore:
     async def read_job(self, job_id: str) -> Job | None:
         return self._job(job_id)
 
-    def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
-        return self.transaction(wait=False)
-
-    def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
-        return self.transaction(wait=False, relaxed=True, lane=lane)
-
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         return self.read_counts(queue_id)
 
@@ -362,7 +278,7 @@ class SqliteStore:
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # Not waited for: if this commit fails, the messages are published again, with the
         # same message ids, which consumers already deduplicate.
-        async with self.transaction(wait=False) as tx:
+        async with self._batched(wait=False) as tx:
             tx.sent.extend(positions)
 
     async def park(self, letter: DeadLetter, *, position: int | None = None) -> None:
