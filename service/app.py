@@ -36,7 +36,7 @@ from service.adapters.store.memory import MemoryStore
 from service.adapters.store.postgres import PostgresStore
 from service.adapters.store.sqlite import SqliteStore
 from service.aio import sleep_unless
-from service.application.dispatcher import PrintDispatcher
+from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.application.relay import OutboxRelay
 from service.config import Settings

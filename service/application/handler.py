@@ -22,7 +22,7 @@ from functools import partial
 import structlog
 
 from service.aio import resolved
-from service.application.dispatcher import PrintDispatcher
+from service.application.dispatch import PrintDispatcher
 from service.core import jobs
 from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection

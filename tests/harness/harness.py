@@ -25,7 +25,7 @@ from typing import Final, Self
 from prometheus_client import CollectorRegistry
 
 from service.adapters.solo import Solo
-from service.application.dispatcher import PrintDispatcher
+from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.application.relay import OutboxRelay
 from service.core.backoff import Backoff

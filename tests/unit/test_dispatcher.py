@@ -22,8 +22,8 @@ from structlog.testing import capture_logs
 
 from service.adapters.solo import Solo
 from service.adapters.store.memory import MemoryStore
+from service.application.dispatch import PrintDispatcher
 from service.application.dispatch.progress import SERVICE_FAILED
-from service.application.dispatcher import PrintDispatcher
 from service.core import jobs
 from service.core.events import job_event
 from service.core.jobs import DocumentRef, Job

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from service.adapters.solo import Solo
 from service.adapters.store.memory import MemoryStore
-from service.application.dispatcher import PrintDispatcher
+from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.core.codec import CommandDecoder, Inbound
 from service.core.events import Kind, Outgoing

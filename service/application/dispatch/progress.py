@@ -40,8 +40,8 @@ from service.ports import (
 
 __all__ = ["JobProgress", "Transition"]
 
-# One logger name for the whole dispatcher, as before it was split into modules.
-log = structlog.get_logger("service.application.dispatcher")
+# One logger name for the whole dispatcher (its package).
+log = structlog.get_logger("service.application.dispatch")
 
 Transition = Callable[..., "jobs.Job | jobs.Refusal"]
 

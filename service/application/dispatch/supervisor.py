@@ -25,8 +25,8 @@ from service.ports import Coordinator, DocumentSource, JobStore, PrinterDirector
 
 __all__ = ["HANDOVER_TIMEOUT", "PrintDispatcher"]
 
-# One logger name for the whole dispatcher, as before it was split into modules.
-log = structlog.get_logger("service.application.dispatcher")
+# One logger name for the whole dispatcher (its package).
+log = structlog.get_logger("service.application.dispatch")
 
 HANDOVER_TIMEOUT: Final = 2.0
 """Seconds a clean stop may spend recording which jobs it leaves `started` (one write per

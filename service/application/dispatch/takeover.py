@@ -21,8 +21,8 @@ from service.ports import Coordinator, JobStore, StoreError
 
 __all__ = ["Intake", "Takeover"]
 
-# One logger name for the whole dispatcher, as before it was split into modules.
-log = structlog.get_logger("service.application.dispatcher")
+# One logger name for the whole dispatcher (its package).
+log = structlog.get_logger("service.application.dispatch")
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ from service.ports import Coordinator, Printer, PrinterDirectory, PrinterUnavail
 
 __all__ = ["LaneWorkers"]
 
-# One logger name for the whole dispatcher, as before it was split into modules.
-log = structlog.get_logger("service.application.dispatcher")
+# One logger name for the whole dispatcher (its package).
+log = structlog.get_logger("service.application.dispatch")
 
 
 class LaneWorkers:
