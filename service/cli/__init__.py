@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_body
-from service.config import BrokerUrl, ConfigError, Settings
+from service.cli.mqtt import publish_command
+from service.config import ConfigError, Settings
 from service.core.events import EVENT_ROUTE_PREFIX, REJECTION_ROUTE_PREFIX
 from service.core.jobs import FINAL_STATUSES
 from service.logs import configure_logging
@@ -251,30 +249,20 @@ async def _publish(
     message_type: MessageType,
     correlation_id: str,
 ) -> None:
-    url = BrokerUrl(settings.mqtt_url, schemes=("mqtt", "mqtts"))
     headers = {"x-message-type": message_type.value, "x-correlation-id": correlation_id}
     if args.api_key:
         headers["x-api-key"] = args.api_key
     body: dict[str, Any] = message.model_dump(mode="json", exclude_none=True)
     v5 = args.mqtt_version == "5"
-    properties = None
     if v5:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.UserProperty = list(headers.items())
         payload = json.dumps(body).encode()
     else:
         payload = json.dumps({"headers": headers, "payload": body}).encode()
     if args.gzip:
         payload = gzip.compress(payload)
-    async with aiomqtt.Client(
-        url.host,
-        url.port,
-        username=url.username,
-        password=url.password,
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        tls_params=aiomqtt.TLSParameters() if url.tls else None,
-    ) as client:
-        await client.publish(f"commands/{args.queue}", payload, qos=1, properties=properties)
+    await publish_command(
+        settings, f"commands/{args.queue}", payload, v5=v5, user_properties=headers
+    )
 
 
 async def _follow(

@@ -13,10 +13,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from service.cli.mqtt import publish_command
 from service.config import Settings
 from service.ports import DeadLetter, JobStore
 
@@ -59,20 +56,13 @@ async def dead_letters_command(
 
 
 async def _publish(settings: Settings, letter: DeadLetter) -> None:
-    url = settings.mqtt
-    v5 = settings.mqtt_protocol == "5"
-    properties = None
-    if v5 and letter.properties:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.UserProperty = list(letter.properties.items())
-    async with aiomqtt.Client(
-        url.host,
-        url.port,
-        username=url.username,
-        password=url.password,
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-    ) as client:
-        await client.publish(letter.address, letter.payload, qos=1, properties=properties)
+    await publish_command(
+        settings,
+        letter.address,
+        letter.payload,
+        v5=settings.mqtt_protocol == "5",
+        user_properties=letter.properties,
+    )
 
 
 def _render(letter: DeadLetter, *, as_json: bool) -> str:
