@@ -12,7 +12,6 @@ carries the properties of the contract's operation binding.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import ssl
 import zlib
@@ -30,7 +29,9 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.common import FieldTable, FieldValue
 
+from service.aio import sleep_unless
 from service.config import BrokerUrl, ConfigError
+from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
 from service.models import EventHeaders, XMessageType
@@ -62,6 +63,9 @@ BCC: Final = ["external.audit"]
 REPLY_TO: Final = "user.reply"
 APP_ID: Final = "print-service"
 _GZIP_WBITS: Final = 16 + 12  # gzip framing, 4 KB window
+# The first connect retries soon (a broker starting with us); then they thin out to 30 s.
+_CONNECT_FIRST_S: Final = 0.5
+_CONNECT_CAP_S: Final = 30.0
 
 
 class AmqpPublisher:
@@ -97,7 +101,7 @@ class AmqpPublisher:
         Returns False when `stopping` came first: a service that never reached its broker
         still stops at once on SIGTERM.
         """
-        backoff = 0.5
+        backoff = Backoff(first=_CONNECT_FIRST_S, cap=_CONNECT_CAP_S)
         attempt = 0
         while not stopping.is_set():
             attempt += 1
@@ -114,13 +118,10 @@ class AmqpPublisher:
                     "amqp_connect_failed",
                     url=self._url.redacted(),
                     attempt=attempt,
-                    retry_in_s=backoff,
+                    retry_in_s=backoff.current,
                     error=repr(exc),
                 )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await stopping.wait()
-                backoff = min(backoff * 2, 30.0)
+                await sleep_unless(stopping, backoff.delay())
         else:
             return False
         connection.close_callbacks.add(self._on_close)
