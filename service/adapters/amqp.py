@@ -12,7 +12,6 @@ carries the properties of the contract's operation binding.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import ssl
 import struct
@@ -32,7 +31,9 @@ from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.common import FieldTable, FieldValue
 from pamqp.exceptions import PAMQPException
 
+from service.aio import sleep_unless
 from service.config import BrokerUrl, ConfigError
+from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
 from service.models import EventHeaders, XMessageType
@@ -67,6 +68,9 @@ APP_ID: Final = "print-service"
 _GZIP_WBITS: Final = 16 + 12  # gzip framing, 4 KB window
 # What encoding a message raises (pamqp, the contract's headers): the message is at fault.
 _UNENCODABLE: Final = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
+# The first connect retries soon (a broker starting with us); then they thin out to 30 s.
+_CONNECT_FIRST_S: Final = 0.5
+_CONNECT_CAP_S: Final = 30.0
 
 
 class AmqpPublisher:
@@ -102,7 +106,7 @@ class AmqpPublisher:
         Returns False when `stopping` came first: a service that never reached its broker
         still stops at once on SIGTERM.
         """
-        backoff = 0.5
+        backoff = Backoff(first=_CONNECT_FIRST_S, cap=_CONNECT_CAP_S)
         attempt = 0
         while not stopping.is_set():
             attempt += 1
@@ -119,13 +123,10 @@ class AmqpPublisher:
                     "amqp_connect_failed",
                     url=self._url.redacted(),
                     attempt=attempt,
-                    retry_in_s=backoff,
+                    retry_in_s=backoff.current,
                     error=repr(exc),
                 )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await stopping.wait()
-                backoff = min(backoff * 2, 30.0)
+                await sleep_unless(stopping, backoff.delay())
         else:
             return False
         connection.close_callbacks.add(self._on_close)

@@ -22,7 +22,9 @@ from prometheus_client import CollectorRegistry
 from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_body
 from service.app import Service
 from service.config import BrokerUrl, Settings
+from service.ports import PrinterDirectory
 from tests.conftest import Brokers
+from tests.waits import wait_until
 
 
 def unique(prefix: str) -> str:
@@ -38,11 +40,19 @@ ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
 
 
 @pytest.fixture
-def start_service(brokers: Brokers, tmp_path) -> ServiceFactory:
-    """Start the service in-process with test settings; overrides as keyword arguments."""
+def start_service(brokers: Brokers, tmp_path, monkeypatch: pytest.MonkeyPatch) -> ServiceFactory:
+    """Start the service in-process with test settings; overrides as keyword arguments.
+
+    `printers`: a printer directory to print with instead of the configured printers (e.g.
+    `FakePrinters` whose printers the test holds, so that a job is still printing when the
+    test acts on it). Service has no constructor argument for it: its directory's lookup is
+    replaced before the service runs.
+    """
 
     @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[Service]:
+    async def start(
+        *, printers: PrinterDirectory | None = None, **overrides: Any
+    ) -> AsyncIterator[Service]:
         values: dict[str, Any] = {
             "mqtt_url": brokers.mqtt_url,
             "amqp_url": brokers.amqp_url,
@@ -58,13 +68,19 @@ def start_service(brokers: Brokers, tmp_path) -> ServiceFactory:
         values.update(overrides)
         settings = Settings(**values)
         service = Service(settings, queues=settings.queue_map(), registry=CollectorRegistry())
+        if printers is not None:
+            monkeypatch.setattr(service.printers, "printers", printers.printers)
         task = asyncio.create_task(service.run())
         try:
-            async with asyncio.timeout(15):
-                while not service.ready.is_set():
-                    if task.done():
-                        task.result()
-                    await asyncio.sleep(0.02)
+            # Ready, or the run failed (and says why).
+            ready = asyncio.ensure_future(service.ready.wait())
+            try:
+                await asyncio.wait([task, ready], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+            if task.done():
+                task.result()
+            assert service.ready.is_set(), "the service was not ready within 15 s"
             yield service
         finally:
             service.stop()
@@ -235,7 +251,4 @@ def counter(service: Service, name: str, *labels: str) -> float:
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Whether `check` becomes true within `timeout` (for values updated after a confirm)."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
-    return True
+    return await wait_until(check, what="the condition became true", timeout=timeout)

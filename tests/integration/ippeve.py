@@ -3,8 +3,9 @@
 Each printer runs a script for every job: it records the environment it is given next to
 the spool file (`<spool file>.env`; ippeveprinter passes the job's attributes as IPP_*
 variables, e.g. IPP_SIDES, IPP_PAGE_RANGES), sleeps `print_seconds` (read from a file at
-each job, so a test can change it between jobs), and exits 0. The printer's documents stay
-in its spool directory (`-k`).
+each job, so a test can change it between jobs), goes on printing while the test holds the
+printer (`hold`, until `release`), and exits 0. The printer's documents stay in its spool
+directory (`-k`).
 
 ippeveprinter needs the system D-Bus even with `-r off` (no DNS-SD): it is started when
 nothing answers on its socket. A socket file alone proves nothing: a bus killed without
@@ -13,7 +14,6 @@ cleaning up leaves it behind, and ippeveprinter then exits with "Unable to initi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import os
@@ -39,6 +39,7 @@ from service.adapters.ipp.encoding import (
     decode,
     encode,
 )
+from tests.waits import wait_until
 
 __all__ = ["INSTALL_HINT", "IppEvePrinter", "IppEveUnavailableError", "RecordedJob"]
 
@@ -54,6 +55,7 @@ _SCRIPT: Final = """#!/bin/sh
 # as IPP_* variables. Written whole, then renamed: a test that sees the file can read it.
 env -0 > "$1.env.tmp" && mv "$1.env.tmp" "$1.env"
 sleep "$(cat {seconds_file})"
+while [ -e {hold_file} ]; do sleep 0.02; done
 exit 0
 """
 
@@ -143,7 +145,13 @@ class IppEvePrinter:
         self.spool.mkdir(parents=True, exist_ok=True)
         self._seconds_file = workdir / "print-seconds"
         self._script = workdir / "print-command.sh"
-        self._script.write_text(_SCRIPT.format(seconds_file=shlex.quote(str(self._seconds_file))))
+        self._hold_file = workdir / "hold"
+        self._script.write_text(
+            _SCRIPT.format(
+                seconds_file=shlex.quote(str(self._seconds_file)),
+                hold_file=shlex.quote(str(self._hold_file)),
+            )
+        )
         self._script.chmod(0o755)
         self._log = workdir / "ippeveprinter.log"
         self._duplex = duplex
@@ -158,6 +166,15 @@ class IppEvePrinter:
     def print_seconds(self, seconds: float) -> None:
         """How long the next jobs print for."""
         self._seconds_file.write_text(f"{seconds:g}\n")
+
+    def hold(self) -> None:
+        """Jobs go on printing (their command runs) until `release`: a job that must still
+        be printing when the test acts on it, however slow the machine."""
+        self._hold_file.touch()
+
+    def release(self) -> None:
+        """The jobs held print to the end (after their `print_seconds`)."""
+        self._hold_file.unlink(missing_ok=True)
 
     @property
     def running(self) -> bool:
@@ -241,10 +258,14 @@ class IppEvePrinter:
 
     async def wait_for_job(self, *, count: int = 1, timeout: float = 10.0) -> RecordedJob:
         """The `count`th job, once its command has started (the printer is printing it)."""
-        async with asyncio.timeout(timeout):
-            while len(jobs := self.jobs()) < count:
-                await asyncio.sleep(0.05)
-        return jobs[count - 1]
+
+        def nth() -> RecordedJob | None:
+            jobs = self.jobs()
+            return jobs[count - 1] if len(jobs) >= count else None
+
+        return await wait_until(
+            nth, what=f"printer {self.name} started its job number {count}", timeout=timeout
+        )
 
     def _answers(self) -> bool:
         request = Message(

@@ -4,18 +4,20 @@ dies or restarts mid-job, and waiting for one that is offline."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from service.adapters.ipp.attributes import PrinterState
 from service.adapters.ipp.client import http_url
+from service.adapters.printers import ipp
 from service.adapters.printers.ipp import IppPrinter, PrinterStatus
 from service.models import ColorMode, Orientation, PageRange, PrintOptions, PrintQuality, Sides
 from service.ports import InlineDocument, PrinterUnavailable, PrintOutcome, PrintRequest
 from tests.integration.ippeve import IppEvePrinter, IppEveUnavailableError
+from tests.waits import wait_until
 
 PrinterFactory = Callable[..., IppPrinter]
 
@@ -68,6 +70,10 @@ def a_request(
         document=InlineDocument(a_pdf(pages=5)),
         content_type=content_type,
     )
+
+
+def _events(logs: list[MutableMapping[str, Any]]) -> list[str]:
+    return [entry["event"] for entry in logs if entry["event"].startswith("ipp_printer_")]
 
 
 @pytest.fixture
@@ -206,15 +212,22 @@ async def test_ippeveprinter_takes_color_though_it_supports_only_monochrome(ippe
 
 
 async def test_cancel_of_the_job_being_printed(ippeve, make_printer):
-    ippeve.print_seconds = 2
+    ippeve.print_seconds = 0
+    ippeve.hold()
     printer = make_printer()
     printing = asyncio.create_task(printer.print(a_request(job_id="job-1")))
     await ippeve.wait_for_job()
 
     await printer.cancel("another-job")  # not the one printing: nothing happens
-    await asyncio.sleep(0.3)
-    assert not printing.done()
-    await printer.cancel("job-1")
+    ippeve.release()
+    result = await asyncio.wait_for(printing, timeout=10)
+    assert result.outcome == PrintOutcome.completed, "printed to the end"
+
+    ippeve.hold()
+    printing = asyncio.create_task(printer.print(a_request(job_id="job-2")))
+    await ippeve.wait_for_job(count=2)
+    await printer.cancel("job-2")  # returns once the printer was asked
+    ippeve.release()  # ippeveprinter ends a canceled job once its command exits
     result = await asyncio.wait_for(printing, timeout=10)
 
     assert result.outcome == PrintOutcome.canceled
@@ -224,7 +237,9 @@ async def test_cancel_of_the_job_being_printed(ippeve, make_printer):
 async def test_cancel_before_the_printer_gave_a_job_id(ippeve, make_printer):
     printer = make_printer()
     printing = asyncio.create_task(printer.print(a_request(job_id="job-1")))
-    await asyncio.sleep(0)  # print() has started and is sending Print-Job
+    # Not a pause: one step of the task, which takes print() to its first wait, for the
+    # printer's answer to Print-Job (no answer can have come within that step).
+    await asyncio.sleep(0)
 
     await printer.cancel("job-1")
     result = await asyncio.wait_for(printing, timeout=10)
@@ -236,29 +251,28 @@ async def test_cancel_before_the_printer_gave_a_job_id(ippeve, make_printer):
 
 
 async def test_a_printer_killed_mid_job_fails_it_after_the_deadline(ippeve, make_printer):
-    ippeve.print_seconds = 5
+    ippeve.hold()
     printer = make_printer(offline_deadline=2.0)
     printing = asyncio.create_task(printer.print(a_request()))
     await ippeve.wait_for_job()
 
     ippeve.kill()
-    started = time.monotonic()
     result = await asyncio.wait_for(printing, timeout=10)
 
     assert result.outcome == PrintOutcome.failed
+    # The seconds are the printer's own count: it waited out the deadline, not more.
     assert result.reason == "printer unreachable for 2 s while printing"
-    assert 2.0 <= time.monotonic() - started < 4.0
 
 
 async def test_a_restarted_printer_lost_the_job_and_it_is_submitted_again(ippeve, make_printer):
-    ippeve.print_seconds = 3
+    ippeve.hold()
     printer = make_printer(on_lost_job="retry", offline_deadline=10.0)
     printing = asyncio.create_task(printer.print(a_request()))
     first = await ippeve.wait_for_job()
 
     ippeve.kill()
-    await asyncio.sleep(0.5)
-    ippeve.print_seconds = 0.5
+    ippeve.print_seconds = 0
+    ippeve.release()
     ippeve.restart()
     result = await asyncio.wait_for(printing, timeout=15)
 
@@ -269,7 +283,7 @@ async def test_a_restarted_printer_lost_the_job_and_it_is_submitted_again(ippeve
 
 
 async def test_a_restarted_printer_lost_the_job_and_it_fails(ippeve, make_printer):
-    ippeve.print_seconds = 3
+    ippeve.hold()
     printer = make_printer(on_lost_job="fail", offline_deadline=10.0)
     printing = asyncio.create_task(printer.print(a_request()))
     await ippeve.wait_for_job()
@@ -282,51 +296,66 @@ async def test_a_restarted_printer_lost_the_job_and_it_fails(ippeve, make_printe
 
 
 async def test_ready_waits_for_a_killed_printer_then_gives_up(ippeve, make_printer):
+    # What ready() logs says whether it began a wait ("not ready") or found the printer
+    # back at once ("ready"); the seconds in its message are its own count.
     printer = make_printer(offline_deadline=2.0)
     ippeve.kill()
 
-    started = time.monotonic()
-    with pytest.raises(
-        PrinterUnavailable, match=r"^printer office-1 unreachable for 2 s: connection refused$"
+    with (
+        capture_logs() as logs,
+        pytest.raises(
+            PrinterUnavailable, match=r"^printer office-1 unreachable for 2 s: connection refused$"
+        ),
     ):
         await printer.ready()
-    assert 2.0 <= time.monotonic() - started < 3.5
+    assert _events(logs) == ["ipp_printer_not_ready"]
 
     # The printer has been down since the first call: the next one does not wait again.
-    started = time.monotonic()
-    with pytest.raises(PrinterUnavailable):
+    with capture_logs() as logs, pytest.raises(PrinterUnavailable, match="for 2 s"):
         await printer.ready()
-    assert time.monotonic() - started < 1.0
+    assert _events(logs) == []
 
     ippeve.restart()
-    started = time.monotonic()
-    await printer.ready()
-    assert time.monotonic() - started < 1.0
+    with capture_logs() as logs:
+        await printer.ready()
+    assert _events(logs) == ["ipp_printer_ready"], "answered at the first try"
 
     # Ready again: a new outage gets the whole deadline once more.
     ippeve.kill()
-    started = time.monotonic()
-    with pytest.raises(PrinterUnavailable):
+    with capture_logs() as logs, pytest.raises(PrinterUnavailable, match="for 2 s"):
         await printer.ready()
-    assert time.monotonic() - started >= 2.0
+    assert _events(logs) == ["ipp_printer_not_ready"]
 
 
 async def test_ready_returns_once_a_restarted_printer_answers(ippeve, make_printer):
-    printer = make_printer(offline_deadline=5.0)
+    printer = make_printer(offline_deadline=30.0)
     ippeve.kill()
-    waiting = asyncio.create_task(printer.ready())
-    await asyncio.sleep(1.0)
-    assert not waiting.done()
+    with capture_logs() as logs:
+        waiting = asyncio.create_task(printer.ready())
+        await wait_until(
+            lambda: "ipp_printer_not_ready" in _events(logs), what="ready() saw the printer away"
+        )
+        assert not waiting.done()
 
-    ippeve.restart()
-    restarted = time.monotonic()
-    await asyncio.wait_for(waiting, timeout=5)
+        ippeve.restart()
+        # Well inside the deadline: ready() returns because the printer answered.
+        await asyncio.wait_for(waiting, timeout=10)
 
-    assert time.monotonic() - restarted < 2.5  # the backoff is capped at 2 s
+    assert _events(logs) == ["ipp_printer_not_ready", "ipp_printer_ready"]
+
+
+def test_the_pauses_between_tries_double_from_0_2_s_up_to_2_s_cut_by_up_to_half():
+    shortest, longest = ipp._backoff(), ipp._backoff()
+    shortest.uniform, longest.uniform = min, max  # the two ends of the jitter
+    low = [shortest.delay() for _ in range(6)]
+    high = [longest.delay() for _ in range(6)]
+
+    assert low == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert high == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
 
 
 async def test_state_reads_idle_then_processing(ippeve, make_printer):
-    ippeve.print_seconds = 2
+    ippeve.hold()
     printer = make_printer()
 
     idle = await printer.state()
@@ -334,6 +363,7 @@ async def test_state_reads_idle_then_processing(ippeve, make_printer):
     await ippeve.wait_for_job()
     busy = await printer.state()
     await printer.cancel("job-1")
+    ippeve.release()
     await asyncio.wait_for(printing, timeout=10)
 
     assert idle.state == PrinterState.idle

@@ -1,11 +1,24 @@
-"""A job's life on real brokers: create, print, finish; cancel; status; duplicates."""
+"""A job's life on real brokers: create, print, finish; cancel; status; duplicates.
+
+Where a job must still be printing when the test acts on it, it prints on a `FakePrinter`
+the test holds (and releases): no print duration is a race window.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from service.app import Service
-from tests.integration.conftest import Listener, Publisher, ServiceFactory, statuses, unique
+from tests.harness.fakes import FakePrinter, FakePrinters
+from tests.integration.conftest import (
+    Listener,
+    Publisher,
+    Received,
+    ServiceFactory,
+    statuses,
+    unique,
+)
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.brokers
 
@@ -33,10 +46,18 @@ async def test_create_goes_created_started_finished_with_one_correlation_id(
     assert len({e.body["eventId"] for e in events}) == 3
 
 
+def held_printer(queue_id: str) -> tuple[FakePrinter, FakePrinters]:
+    """The one printer of `queue_id`, held: what it prints waits for `release`."""
+    printer = FakePrinter(f"held-{queue_id}")
+    printer.hold()
+    return printer, FakePrinters({queue_id: (printer,)})
+
+
 async def test_cancel_before_start(
     start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
 ):
-    async with start_service(print_duration=2.0):
+    printer, printers = held_printer(queue_id)
+    async with start_service(printers=printers):
         listener = await _listener(amqp, queue_id)
         printing, waiting = unique("busy"), unique("waiting")
         await listener.bind_job(printing)
@@ -52,8 +73,17 @@ async def test_cancel_before_start(
         canceled = events[-1]
         assert canceled.message.correlation_id == "c1"
         assert canceled.body["sequence"] == 2
-        rest = await listener.until(lambda r: r.body.get("status") == "finished")
-        assert [r.body["jobId"] for r in rest] == [printing], "the canceled job never starts"
+        printer.release()
+        await listener.until(lambda r: r.body.get("status") == "finished")
+        # Printed once the printer was free: had the canceled job been taken up, it would
+        # have been printed before this one.
+        after = unique("after")
+        await listener.bind_job(after)
+        await publisher.create(queue_id, after)
+        await listener.until(lambda r: r.body.get("jobId") == after and is_final(r))
+        assert [r.job_id for r in printer.requests] == [printing, after], (
+            "the canceled job never starts"
+        )
 
 
 async def test_force_cancel_stops_the_printer(
@@ -71,18 +101,26 @@ async def test_force_cancel_stops_the_printer(
         canceled = await listener.next()
         assert canceled.body["status"] == "canceled"
         assert canceled.body["reason"] == "force-canceled while printing"
-        assert await listener.quiet(0.5) == [], "no finished after a forced cancel"
         # The printer is free again: the next job prints at once.
         after = unique("after")
         await listener.bind_job(after)
         await publisher.create(queue_id, after)
         assert statuses(await listener.collect(2)) == ["created", "started"]
+        # The service is past the end of the canceled print; a `finished` for it would
+        # come before its status (one job's messages keep their order).
+        await publisher.command(queue_id, "getPrintJobStatus", {"jobId": job_id})
+        status = await listener.next()
+        assert (status.body["jobId"], status.body["status"]) == (job_id, "canceled"), (
+            "no finished after a forced cancel"
+        )
+        assert status.body["snapshot"] is True
 
 
 async def test_cancel_without_force_is_refused_while_printing(
     start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
 ):
-    async with start_service(print_duration=1.0):
+    printer, printers = held_printer(queue_id)
+    async with start_service(printers=printers):
         listener = await _listener(amqp, queue_id)
         job_id = unique("job")
         await listener.bind_job(job_id)
@@ -96,6 +134,7 @@ async def test_cancel_without_force_is_refused_while_printing(
         assert refused.body["reason"] == "job_started"
         assert refused.body["jobId"] == job_id
         assert refused.body["correlationId"] == "c2"
+        printer.release()
         assert statuses([await listener.next()]) == ["finished"]
 
 
@@ -149,9 +188,12 @@ async def test_duplicate_create_makes_no_second_job(
 
     events = await listener.until(lambda r: r.body.get("status") == "finished")
     assert statuses(events) == ["created", "started", "finished"]
-    assert await listener.quiet(0.5) == []
     duplicates = service.metrics.commands.labels("createPrintJob", "duplicate")
-    assert duplicates._value.get() == 2
+    await wait_until(lambda: duplicates._value.get() == 2, what="both duplicates handled")
+    # Anything the duplicates made would come before the job's status.
+    await publisher.command(queue_id, "getPrintJobStatus", {"jobId": job_id})
+    status = await listener.next()
+    assert (status.body["status"], status.body["snapshot"]) == ("finished", True)
 
 
 async def test_same_job_id_with_other_payload_is_a_conflict(
@@ -170,7 +212,8 @@ async def test_same_job_id_with_other_payload_is_a_conflict(
 async def test_waiting_jobs_print_by_priority_then_age(
     start_service: ServiceFactory, amqp, publisher: Publisher, queue_id: str
 ):
-    async with start_service(print_duration=0.3):
+    printer, printers = held_printer(queue_id)
+    async with start_service(printers=printers):
         listener = await _listener(amqp, queue_id)
         blocker = unique("blocker")
         jobs = {p: unique(p) for p in ("low1", "high", "medium", "low2")}
@@ -180,6 +223,15 @@ async def test_waiting_jobs_print_by_priority_then_age(
         await listener.until(lambda r: r.body.get("status") == "started")
         for name, job_id in jobs.items():
             await publisher.create(queue_id, job_id, priority=name.rstrip("12"))
+        created: set[str] = set()
+
+        def all_created(received: Received) -> bool:
+            if received.body.get("status") == "created":
+                created.add(received.body["jobId"])
+            return created == set(jobs.values())
+
+        await listener.until(all_created)  # all four wait, in the store
+        printer.release()
 
         events = await listener.until(
             lambda r: r.body.get("jobId") == jobs["low2"] and r.body.get("status") == "finished",
@@ -202,7 +254,8 @@ async def test_a_restart_resumes_waiting_and_printing_jobs(
     printing, low, high = unique("printing"), unique("low"), unique("high")
     for job_id in (printing, low, high):
         await listener.bind_job(job_id)
-    async with start_service(print_duration=60.0):
+    _, printers = held_printer(queue_id)
+    async with start_service(printers=printers):
         await publisher.create(queue_id, printing)
         await listener.until(lambda r: r.body.get("status") == "started")
         await publisher.create(queue_id, low, priority="low")

@@ -15,6 +15,7 @@ from tests.conftest import Brokers
 from tests.integration.conftest import (
     Listener,
     Publisher,
+    Received,
     ServiceFactory,
     statuses,
     unique,
@@ -33,9 +34,16 @@ async def rejections_listener(amqp, *routes: str) -> Listener:
     return Listener(amqp, queue)
 
 
+def statuses_of(received: list[Received]) -> list[tuple[str, str]]:
+    """(jobId, status) of the job events among `received`."""
+    return [(r.body["jobId"], r.body["status"]) for r in received if r.kind == "printJobEvent"]
+
+
 async def next_command_works(
     listener: Listener, publisher: Publisher, queue_id: str, *, v5: bool = True
-) -> None:
+) -> list[Received]:
+    """A good command is applied; what came before its event is returned (anything the
+    service did with earlier messages is in it)."""
     good = unique("good")
     await listener.bind_job(good)
     if v5:
@@ -45,6 +53,7 @@ async def next_command_works(
         await publisher.raw(f"commands/{queue_id}", json.dumps(envelope).encode(), v5=False)
     received = await listener.until(lambda r: r.body.get("jobId") == good)
     assert statuses(received)[-1:] == ["created"]
+    return received[:-1]
 
 
 @pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
@@ -184,8 +193,8 @@ async def test_poison_is_not_replayed_after_a_restart(
         first = await listener.next()
         assert first.body["reason"] in {"unknown_message_type", "invalid_encoding"}
     async with start_service(mqtt_client_id=client_id):
-        assert await listener.quiet(1.5) == [], "a poison message came back after the restart"
-        await next_command_works(listener, publisher, queue_id)
+        before = await next_command_works(listener, publisher, queue_id)
+        assert before == [], "a poison message came back after the restart"
 
 
 async def retain(brokers: Brokers, topic: str, payload: bytes) -> None:
@@ -209,17 +218,19 @@ async def test_a_retained_command_is_never_applied(
     await retain(brokers, topic, body)
     try:
         async with start_service(mqtt_protocol="5"):
-            await next_command_works(listener, publisher, queue_id)
-            later = await listener.quiet(0.5)
-            assert [r for r in later if r.body.get("jobId") == job_id] == []
-            assert [r for r in later if r.kind == "commandRejected"] == []
+            # A retained command would come at the subscription, before this one.
+            before = await next_command_works(listener, publisher, queue_id)
+            assert before == [], "the retained command was neither applied nor rejected"
         async with start_service(mqtt_protocol="3.1.1"):
-            rejected = await listener.next()
+            # The events of the first service's good job may still be coming.
+            events = await listener.until(lambda r: r.kind == "commandRejected")
+            rejected = events[-1]
             assert (rejected.body["reason"], rejected.body["correlationId"]) == (
                 "retained_command",
                 "ret-1",
             )
-            await next_command_works(listener, publisher, queue_id, v5=False)
-        assert not [r for r in await listener.quiet(0.5) if r.body.get("jobId") == job_id]
+            assert not [e for e in statuses_of(events) if e[0] == job_id], "never applied"
+            before = await next_command_works(listener, publisher, queue_id, v5=False)
+        assert not [e for e in statuses_of(before) if e[0] == job_id], "never applied"
     finally:
         await retain(brokers, topic, b"")

@@ -3,7 +3,6 @@ events follow what the printers report."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import http.server
@@ -13,10 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from service.app import Service
-from tests.integration.conftest import Listener, Publisher, ServiceFactory, statuses, unique
+from tests.integration.conftest import (
+    Listener,
+    Publisher,
+    Received,
+    ServiceFactory,
+    statuses,
+    unique,
+)
 from tests.integration.ippeve import IppEvePrinter
+from tests.waits import wait_until, wait_until_async
 
 pytestmark = pytest.mark.brokers
 
@@ -39,6 +47,20 @@ def is_final(received: Any) -> bool:
         "canceled",
         "failed",
     )
+
+
+async def until_final(
+    listener: Listener, job_ids: set[str], timeout: float = 20
+) -> tuple[list[Received], dict[str, dict[str, Any]]]:
+    """What arrives until every one of `job_ids` has ended, and how each ended."""
+    final: dict[str, dict[str, Any]] = {}
+
+    def all_ended(received: Received) -> bool:
+        if is_final(received) and received.body.get("jobId") in job_ids:
+            final.setdefault(received.body["jobId"], received.body)
+        return final.keys() == job_ids
+
+    return await listener.until(all_ended, timeout), final
 
 
 @pytest.fixture
@@ -197,7 +219,8 @@ async def test_cancel_of_a_waiting_job_and_force_cancel_of_a_printing_one(
     tmp_path: Path,
 ):
     printer = printers["ipp-a"]
-    printer.print_seconds = 30
+    printer.print_seconds = 0
+    printer.hold()
     async with printing_service(start_service, amqp, tmp_path, {"office": [printer]}) as (
         _,
         listener,
@@ -219,8 +242,26 @@ async def test_cancel_of_a_waiting_job_and_force_cancel_of_a_printing_one(
         by_job = {e.body["jobId"]: e.body for e in ends if e.body.get("status") == "canceled"}
         assert by_job[waiting]["reason"] == "canceled before it started"
         assert by_job[printing]["reason"] == "force-canceled while printing"
-        assert len(printer.jobs()) == 1, "the canceled waiting job never reached the printer"
-        assert await listener.quiet(1.0) == [], "no finished after a forced cancel"
+
+        # ippeveprinter ends a canceled job once its command exits. The next job prints
+        # once the printer is done with the canceled one; then the canceled job's status.
+        printer.release()
+        after = unique("after")
+        await listener.bind_job(after)
+        await publisher.create("office", after, document=inline())
+        rest = await listener.until(
+            lambda r: r.body.get("jobId") == after and r.body.get("status") == "finished",
+            timeout=20,
+        )
+        await publisher.command("office", "getPrintJobStatus", {"jobId": printing})
+        rest += await listener.until(lambda r: r.body.get("snapshot") is True, timeout=20)
+
+        assert rest[-1].body["status"] == "canceled"
+        changes = [(r.body["jobId"], r.body.get("status")) for r in rest[:-1]]
+        assert changes == [(after, "created"), (after, "started"), (after, "finished")], (
+            "no finished after a forced cancel; the canceled waiting job never starts"
+        )
+        assert len(printer.jobs()) == 2, "the canceled waiting job never reached the printer"
 
 
 async def test_a_pool_of_two_printers_prints_two_jobs_at_once(
@@ -232,17 +273,26 @@ async def test_a_pool_of_two_printers_prints_two_jobs_at_once(
 ):
     pool = [printers["ipp-a"], printers["ipp-b"]]
     for printer in pool:
-        printer.print_seconds = 2
+        printer.print_seconds = 0
+        printer.hold()
     async with printing_service(start_service, amqp, tmp_path, {"pool": pool}) as (_, listener):
         first, second = unique("one"), unique("two")
         for job_id in (first, second):
             await listener.bind_job(job_id)
             await publisher.create("pool", job_id, document=inline())
 
-        events = await listener.until(lambda r: r.body.get("status") == "finished", timeout=20)
+        # Neither job can end while the printers are held: each printer has one at once.
+        for printer in pool:
+            await printer.wait_for_job(timeout=20)
+        for printer in pool:
+            printer.release()
+        events, final = await until_final(listener, {first, second})
 
-        started = [e.body["jobId"] for e in events if e.body.get("status") == "started"]
-        assert sorted(started) == sorted([first, second]), "both started before either finished"
+        assert {job_id: body["status"] for job_id, body in final.items()} == {
+            first: "finished",
+            second: "finished",
+        }
+        assert statuses(events).count("started") == 2
         assert [len(p.jobs()) for p in pool] == [1, 1]
 
 
@@ -254,7 +304,7 @@ async def test_a_printer_killed_mid_job_fails_the_job_after_its_deadline(
     tmp_path: Path,
 ):
     printer = printers["ipp-a"]
-    printer.print_seconds = 30
+    printer.hold()
     async with printing_service(
         start_service, amqp, tmp_path, {"office": [printer]}, offline_deadline=2, on_lost_job="fail"
     ) as (_, listener):
@@ -278,7 +328,7 @@ async def test_a_printer_that_restarts_and_forgets_the_job_prints_it_again_when_
     tmp_path: Path,
 ):
     printer = printers["ipp-a"]
-    printer.print_seconds = 30
+    printer.hold()
     async with printing_service(
         start_service, amqp, tmp_path, {"office": [printer]}, on_lost_job="retry"
     ) as (_, listener):
@@ -288,8 +338,8 @@ async def test_a_printer_that_restarts_and_forgets_the_job_prints_it_again_when_
         first = await printer.wait_for_job()
 
         printer.kill()
-        printer.print_seconds = 0.5
-        await asyncio.sleep(0.5)
+        printer.print_seconds = 0
+        printer.release()
         printer.restart()
 
         events = await listener.until(is_final, timeout=30)
@@ -317,9 +367,20 @@ async def test_jobs_wait_for_an_offline_printer_and_print_when_it_is_back(
     ):
         job_id = unique("offline")
         await listener.bind_job(job_id)
-        await publisher.create("office", job_id, document=inline())
-        assert statuses(await listener.collect(1)) == ["created"]
-        assert await listener.quiet(1.5) == [], "the job waits; it neither starts nor fails"
+        with capture_logs() as logs:
+            await publisher.create("office", job_id, document=inline())
+            assert statuses(await listener.collect(1)) == ["created"]
+            await wait_until(
+                lambda: any(
+                    e["event"] == "ipp_printer_not_ready" and e.get("printer") == printer.name
+                    for e in logs
+                ),
+                what="the service found the printer away",
+            )
+        # Past the point where it would have started or failed: the job still waits.
+        await publisher.command("office", "getPrintJobStatus", {"jobId": job_id})
+        snapshot = await listener.next()
+        assert (snapshot.body["status"], snapshot.body.get("snapshot")) == ("created", True)
 
         printer.restart()
 
@@ -373,12 +434,8 @@ async def test_a_document_given_by_url_is_fetched_and_printed_and_a_missing_one_
                 "office", job_id, document={"contentType": "application/pdf", "url": url}
             )
 
-        events = await listener.until(
-            lambda r: r.body.get("jobId") == missing and is_final(r), timeout=20
-        )
-        events += await listener.quiet(1.0)
+        _, final = await until_final(listener, {found, missing})
 
-        final = {e.body["jobId"]: e.body for e in events if is_final(e)}
         assert final[found]["status"] == "finished"
         assert final[missing]["status"] == "failed"
         assert "HTTP 404" in final[missing]["reason"]
@@ -415,20 +472,28 @@ async def test_a_restart_follows_the_job_on_the_printer_rather_than_printing_it_
     tmp_path: Path,
 ):
     printer = printers["ipp-a"]
-    printer.print_seconds = 3
+    printer.print_seconds = 0
+    printer.hold()
     path = queue_file(tmp_path, {"office": [printer]})
     queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
     listener = Listener(amqp, queue)
     job_id = unique("followed")
     await listener.bind_job(job_id)
-    async with start_service(print_queues_file=path):
+    async with start_service(print_queues_file=path) as service:
         await publisher.create("office", job_id, document=inline())
         assert statuses(await listener.collect(2)) == ["created", "started"]
         await printer.wait_for_job()
-        await asyncio.sleep(1.0)  # the printer's job id is recorded at its first poll
+
+        async def recorded() -> bool:
+            job = await service.store.read_job(job_id)
+            return job is not None and job.printer_job is not None
+
+        # At its first poll, the service records which of the printer's jobs is ours.
+        await wait_until_async(recorded, what="the printer's job recorded with the job")
     # Stopped mid-print: the job stays `started`; the printer goes on printing it.
 
     async with start_service(print_queues_file=path):
+        printer.release()
         events = await listener.until(is_final, timeout=20)
 
     assert statuses(events) == ["finished"]

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from tests.integration.brokers import free_port, private_mosquitto, reachable
 from tests.integration.conftest import Listener, Publisher, ServiceFactory, eventually, unique
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.brokers
 
@@ -35,7 +36,11 @@ async def test_service_reconnects_after_a_mosquitto_restart(
                 broker.stop()
                 assert await eventually(lambda: not service.ingress.connected)
                 assert service.readiness()["mqtt"] is False
-                await asyncio.sleep(1.5)  # let it fail a few times
+                await wait_until(
+                    lambda: sum(e["event"] == "mqtt_connecting" for e in logs) >= 2,
+                    what="two attempts to connect to the stopped broker",
+                    timeout=30,
+                )
                 broker.start()
                 assert await eventually(lambda: service.ingress.connected, timeout=40)
             attempts = [e["attempt"] for e in logs if e["event"] == "mqtt_connecting"]
@@ -231,18 +236,26 @@ async def test_replicas_in_a_shared_group_each_take_a_share_of_the_commands(
     for job_id in job_ids:
         await listener.bind_job(job_id)
     async with (
-        start_service(mqtt_shared_group=group, database_url=f"sqlite:///{tmp_path}/a.db") as a,
-        start_service(mqtt_shared_group=group, database_url=f"sqlite:///{tmp_path}/b.db") as b,
+        start_service(
+            mqtt_shared_group=group, database_url=f"sqlite:///{tmp_path}/a.db", print_duration=0
+        ) as a,
+        start_service(
+            mqtt_shared_group=group, database_url=f"sqlite:///{tmp_path}/b.db", print_duration=0
+        ) as b,
     ):
         for job_id in job_ids:
             await publisher.create(queue_id, job_id)
+        # Until every job has finished; then each command was accepted once, by one replica
+        # (one taken twice would count twice, and its second `created` come with the rest).
         created: list[str] = []
-        while len(created) < len(job_ids):
-            received = await listener.next()
-            if received.body["status"] == "created":
-                created.append(received.body["jobId"])
-        later = await listener.quiet(1.0)  # started and finished follow; no second created
-        assert [r.body["jobId"] for r in later if r.body["status"] == "created"] == []
+        finished: set[str] = set()
+        async with asyncio.timeout(60):
+            while len(finished) < len(job_ids):
+                received = await listener.next()
+                if received.body["status"] == "created":
+                    created.append(received.body["jobId"])
+                elif received.body["status"] == "finished":
+                    finished.add(received.body["jobId"])
         taken = [
             s.metrics.commands.labels("createPrintJob", "accepted")._value.get() for s in (a, b)
         ]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 import pytest
@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     statuses,
     unique,
 )
+from tests.waits import wait_until_async
 
 pytestmark = pytest.mark.brokers
 
@@ -188,29 +189,26 @@ async def test_rejections_reach_the_durable_rejections_queue(
     await publisher.raw(
         f"commands/{queue_id}", b"not json", user_properties={"x-correlation-id": correlation_id}
     )
-    body = None
-    for _ in range(500):
+
+    async def ours() -> dict[str, Any] | None:
         message = await shared.get(no_ack=False, fail=False)
         if message is None:
-            await asyncio.sleep(0.02)
-            continue
+            return None
         await message.ack()
         candidate = decode(message).body
-        if candidate["correlationId"] == correlation_id:
-            body = candidate
-            break
-    assert body is not None
+        return candidate if candidate["correlationId"] == correlation_id else None
+
+    body = await wait_until_async(ours, what="the rejection on events/rejections")
     assert body["reason"] == "invalid_json"
     assert body["queueId"] == queue_id
 
 
 async def _get(queue, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.02)):
-        message = await queue.get(no_ack=True, fail=False)
-        if message is not None:
-            return message
-        await asyncio.sleep(0.02)
-    raise AssertionError("no message")
+    return await wait_until_async(
+        lambda: queue.get(no_ack=True, fail=False),
+        what=f"a message on {queue.name}",
+        timeout=timeout,
+    )
 
 
 async def test_service_on_mqtt311_takes_envelopes(

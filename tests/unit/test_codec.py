@@ -6,7 +6,6 @@ import base64
 import functools
 import gzip
 import json
-import time
 import tracemalloc
 import zlib
 from typing import Any
@@ -677,20 +676,17 @@ def test_gzip_bomb_is_refused_without_inflating_it() -> None:
     message = inbound(bomb, properties={"x-correlation-id": "corr-bomb"})
 
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         result = decoder.decode(message)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - started
 
     assert isinstance(result, Rejection)
     assert result.reason is RejectionReason.payload_too_large
     assert result.correlation_id == "corr-bomb"
     # ...and it stops at the cap: nowhere near the 50 MB it would inflate to.
     assert peak < 16 << 20
-    assert elapsed < 2.0
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from service.adapters.ipp.client import (
     IppRequestError,
 )
 from service.adapters.ipp.encoding import Group, Status
+from service.aio import sleep_unless
+from service.core.backoff import Backoff
 from service.ports import (
     OnSubmitted,
     PrinterUnavailable,
@@ -47,6 +48,8 @@ _PRINTER_ATTRIBUTES: Final = ("printer-state", "printer-state-reasons", "printer
 _JOB_ATTRIBUTES: Final = ("job-state", "job-state-reasons", "job-state-message", "job-uuid")
 _BACKOFF_FIRST_S: Final = 0.2
 _BACKOFF_CAP_S: Final = 2.0
+# Each pause is cut by up to half at random, so that printers coming back are not hit at once.
+_BACKOFF_JITTER: Final = 0.5
 # A printer that loses the job every time is not going to print it.
 _MAX_RESUBMISSIONS: Final = 3
 
@@ -68,25 +71,13 @@ class PrinterStatus:
         return None
 
 
-class _Backoff:
-    """Exponential, capped, with jitter so that printers coming back are not hit at once."""
-
-    def __init__(self) -> None:
-        self._attempt = 0
-
-    def next(self) -> float:
-        delay = min(_BACKOFF_CAP_S, _BACKOFF_FIRST_S * 2.0**self._attempt)
-        self._attempt += 1
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-
-
 class _Outage:
     """A run of transient failures: how long it has lasted, and when to try again."""
 
     def __init__(self, deadline: float) -> None:
         self._deadline = deadline
         self._since: float | None = None
-        self._backoff = _Backoff()
+        self._backoff = _backoff()
 
     @property
     def ongoing(self) -> bool:
@@ -99,10 +90,11 @@ class _Outage:
         waited = now - self._since
         if waited >= self._deadline:
             return waited, None
-        return waited, min(self._backoff.next(), self._deadline - waited)
+        return waited, min(self._backoff.delay(), self._deadline - waited)
 
     def ended(self) -> None:
-        self._since, self._backoff = None, _Backoff()
+        self._since = None
+        self._backoff.reset()
 
 
 class _JobLostError(Exception):
@@ -180,7 +172,7 @@ class IppPrinter:
         )
 
     async def ready(self) -> None:
-        backoff = _Backoff()
+        backoff = _backoff()
         last_problem: tuple[str, str] | None = None
         while True:
             try:
@@ -212,7 +204,7 @@ class IppPrinter:
                     "ipp_printer_not_ready", printer=self.name, state=problem[0], reason=problem[1]
                 )
                 last_problem = problem
-            await asyncio.sleep(min(backoff.next(), self._offline_deadline - waited))
+            await asyncio.sleep(min(backoff.delay(), self._offline_deadline - waited))
 
     async def print(
         self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
@@ -474,10 +466,12 @@ class IppPrinter:
 
     async def _pause(self, seconds: float, printing: _Printing) -> None:
         """Sleeps `seconds`, or less if a cancel comes meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await printing.wake.wait()
+        await sleep_unless(printing.wake, seconds)
         printing.wake.clear()
+
+
+def _backoff() -> Backoff:
+    return Backoff(first=_BACKOFF_FIRST_S, cap=_BACKOFF_CAP_S, jitter=_BACKOFF_JITTER)
 
 
 def _reasons(group: Group, name: str) -> tuple[str, ...]:
