@@ -136,9 +136,17 @@ class Service:
         }
 
     def _peer_died(self, instance: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.coordinator.replica_died(instance))
+        if self.stopping.is_set():
+            return  # the lanes are being given back: taking more would hold them
+        task = asyncio.get_running_loop().create_task(self._take_over_from(instance))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _take_over_from(self, instance: str) -> None:
+        try:
+            await self.coordinator.replica_died(instance)
+        except Exception:  # a lease scan will find the dead replica's lanes all the same
+            log.exception("takeover_failed", instance=instance)
 
     def stop(self) -> None:
         if not self.stopping.is_set():

@@ -88,8 +88,8 @@ class StoreTransaction(Protocol):
     """Reads and writes that commit together, or not at all."""
 
     durable: asyncio.Future[None]
-    """Resolved once the commit is durable (a relaxed one: done); holds the StoreError of a
-    commit that failed after the exit had returned. See `JobStore`."""
+    """Resolved once the commit is done (as durable as the method that opened it promises:
+    see `JobStore`); holds the StoreError of a commit that failed after the exit returned."""
 
     async def get(self, job_id: str) -> Job | None: ...
 

@@ -40,11 +40,6 @@ class Backoff:
         """The next delay before jitter: what a log line says the pause will be."""
         return self._next
 
-    @property
-    def failing(self) -> bool:
-        """Whether a delay has been taken since the last reset."""
-        return self._next > self.first
-
     def delay(self) -> float:
         """The pause before the next try; each call doubles (by `factor`) the next one."""
         base = self._next

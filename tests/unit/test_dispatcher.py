@@ -37,6 +37,7 @@ from service.ports import (
     Printer,
     PrinterUnavailable,
     PrintOutcome,
+    PrintRequest,
     PrintResult,
     StoreError,
 )
@@ -766,4 +767,96 @@ async def test_a_job_created_by_another_replica_is_printed_here() -> None:
 
     coordinator.job_changed(QUEUE, "j1")
     await rig.until_status("j1", JobStatus.finished)
+    await rig.stop()
+
+
+# --- edges of handing over and taking over ------------------------------------------------------
+
+
+async def test_a_job_started_by_the_lanes_last_holder_resumes_by_the_same_rule() -> None:
+    rig = Rig(max_interruptions=3)
+    await rig.start()
+    # The last holder started both (after this replica's start-up read the store); one it
+    # handed over cleanly, the other it crashed on.
+    await rig.put(
+        a_job("handed", status=JobStatus.started, handed_over=True),
+        a_job("crashed", age=1, status=JobStatus.started),
+    )
+    # This replica heard of them as `created` (their create, before the start).
+    rig.dispatcher.enqueue(a_job("handed"))
+    rig.dispatcher.enqueue(a_job("crashed", age=1))
+
+    await rig.until_status("crashed", JobStatus.finished)
+    handed, crashed = await rig.job("handed"), await rig.job("crashed")
+    assert (handed.handed_over, handed.interruptions) == (False, 0)
+    assert (crashed.handed_over, crashed.interruptions) == (False, 1)
+    await rig.stop()
+
+
+class GatedStore(MemoryStore):
+    """Holds the first fenced transaction at its start until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self._held = 1
+
+    @asynccontextmanager
+    async def transaction(self, *, lane: str | None = None) -> AsyncIterator[Any]:
+        if lane is not None and self._held:
+            self._held -= 1
+            self.entered.set()
+            await self.gate.wait()
+        async with super().transaction(lane=lane) as tx:
+            yield tx
+
+
+async def test_a_stop_before_a_resume_is_recorded_does_not_mark_the_job_handed_over() -> None:
+    store = GatedStore()
+    rig = Rig(store=store)
+    await rig.put(a_job("j1", status=JobStatus.started))  # found at start: a crash before
+    await rig.start()
+    await eventually(store.entered.is_set, what="the resume being recorded")
+
+    await rig.stop()  # its interruption count was never written: the next start counts it
+    left = await rig.job("j1")
+    assert (left.status, left.handed_over, left.interruptions) == (JobStatus.started, False, 0)
+    assert rig.printer().requests == []
+
+
+class SlowToStop(FakePrinter):
+    """A printer whose print takes a while to end once stopped (an IPP cancel on the way)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.stopped = asyncio.Event()
+
+    async def print(self, request: PrintRequest, *, on_submitted: Any = None) -> PrintResult:
+        try:
+            return await super().print(request, on_submitted=on_submitted)
+        except asyncio.CancelledError:
+            await self.stopped.wait()
+            raise
+
+
+async def test_a_lane_lost_and_regained_while_its_print_ends_prints_everything() -> None:
+    coordinator = FakeCoordinator({QUEUE})
+    printer = SlowToStop("slow")
+    rig = Rig(coordinator=coordinator, printers={QUEUE: [printer]})
+    printer.hold()
+    await rig.put(a_job("j1"), a_job("j2", age=1))
+    await rig.start()
+    await eventually(printer.printing.is_set)
+
+    coordinator.owned.discard(QUEUE)
+    coordinator.lost([QUEUE])
+    coordinator.owned.add(QUEUE)
+    coordinator.gained([QUEUE])  # back before the print of j1 has ended
+    await settled()
+    printer.release()
+    printer.stopped.set()
+
+    await rig.until_status("j1", JobStatus.finished)  # resumed: not left `started`
+    await rig.until_status("j2", JobStatus.finished)  # its lane has a worker again
     await rig.stop()

@@ -160,6 +160,16 @@ async def test_a_store_that_is_away_is_retried_soon():
     assert events == ["commands_not_acknowledged"] * 6
 
 
+async def test_a_store_outage_does_not_lengthen_the_next_broker_pause():
+    async def store_away(commands: Sequence[Inbound]) -> asyncio.Future[None]:
+        raise StoreError("database is down")
+
+    rig = Rig(["acks", "acks", "acks", "refused", "refused"])
+    await rig.run(store_away)
+    # The store's pauses have their own rule; the broker's starts from its first delay.
+    assert rig.pauses == [0.5, 1, 2, 0.5, 1]
+
+
 async def test_each_connection_subscribes_to_the_commands_and_the_last_wills():
     rig = Rig(["lost"], commands_subscription="commands/+", last_will_topic="/wills")
     await rig.run()

@@ -78,6 +78,16 @@ class MqttIngress:
         self._metrics = metrics
         self._connect = connect or self._mqtt_connection
         self._backoff = backoff or Backoff(first=FIRST_BACKOFF_S, cap=MAX_BACKOFF_S, jitter=0.2)
+        # A store outage has its own, shorter rule: the broker is fine, and commands must
+        # flow again soon after the store is back (nor may it lengthen a later broker pause).
+        broker = self._backoff
+        self._store_backoff = Backoff(
+            first=min(broker.first, STORE_RETRY_MAX_S),
+            cap=min(broker.cap, STORE_RETRY_MAX_S),
+            factor=broker.factor,
+            jitter=broker.jitter,
+            uniform=broker.uniform,
+        )
         self._sleep = sleep
         self._wills = LastWills(
             own_id=options.client_id, on_peer_will=on_peer_will, on_will=metrics.last_wills.inc
@@ -112,7 +122,7 @@ class MqttIngress:
                 # The store is away: what was not committed is not acknowledged, and the
                 # broker delivers it again on the next connection. Retry soon: an outage of
                 # the store should not turn into a long pause once it is back.
-                pause = min(self._pause(), STORE_RETRY_MAX_S)
+                pause = self._pause(self._store_backoff)
                 log.warning(
                     "commands_not_acknowledged",
                     why="the store is unavailable",
@@ -185,12 +195,13 @@ class MqttIngress:
         """Whether the last connection acknowledged a command."""
         return self._intake is not None and self._intake.acknowledged > 0
 
-    def _pause(self) -> float:
-        """The pause before the next attempt; the backoff starts afresh after a connection
-        that worked."""
+    def _pause(self, backoff: Backoff | None = None) -> float:
+        """The pause before the next attempt (by `backoff`, the broker's by default); every
+        backoff starts afresh after a connection that worked."""
         if self._worked():
             self._backoff.reset()
-        return self._backoff.delay()
+            self._store_backoff.reset()
+        return (backoff or self._backoff).delay()
 
     def _mqtt_connection(self) -> MqttConnection:
         return MqttConnection(

@@ -127,7 +127,11 @@ class PostgresLeases:
         """Renew, scan for lanes to take over, and follow job notifications until stopped."""
         listener = await self._connect(stopping)
         if listener is None:
-            return  # stopped before PostgreSQL could be reached: nothing held, nothing to give
+            # Stopped before PostgreSQL could be reached: nothing held, nothing to give (a
+            # claim meanwhile may have opened the connection for statements: close it).
+            if self._conn is not None:
+                await self._conn.close()
+            return
         # The task owns the connection now: it replaces it after a failure, and closes it.
         listen = asyncio.create_task(self._listen(listener, stopping))
         try:

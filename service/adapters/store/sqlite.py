@@ -257,9 +257,6 @@ class SqliteStore:
     async def read_job(self, job_id: str) -> Job | None:
         return self._job(job_id)
 
-    async def counts(self, queue_id: str) -> dict[JobStatus, int]:
-        return self.read_counts(queue_id)
-
     async def document(self, job_id: str) -> bytes | None:
         if (data := self._unsaved_documents.get(job_id)) is not None:
             return data

@@ -82,14 +82,20 @@ class JobProgress:
         self._spawner = spawner
         self._reload = reload
         self._printing: dict[str, _Print] = {}  # from its turn until its print returns
+        # Started (or resumed) durably here, and not yet done: what a clean stop hands over.
+        self._underway: set[str] = set()
         self._stop_requested: set[str] = set()
 
     def is_printing(self, job_id: str) -> bool:
         return job_id in self._printing
 
     def printing(self) -> dict[str, str]:
-        """The jobs being printed now, with their lanes."""
-        return {job_id: run.lane for job_id, run in self._printing.items()}
+        """The jobs being printed now, with their lanes: those whose start (or resumption)
+        is recorded. One still being started may have its interruption count rolled back
+        by the stop, and must not be marked handed over."""
+        return {
+            job_id: run.lane for job_id, run in self._printing.items() if job_id in self._underway
+        }
 
     def stop(self, job_id: str) -> None:
         """`job_id` was canceled: if it is being printed, stop its printer (and record
@@ -105,6 +111,12 @@ class JobProgress:
         self._printing[job_id] = _Print(printer, lane)
         try:
             await self._print(printer, job_id, lane, resume=resume)
+        except asyncio.CancelledError:
+            # The lane was lost (a stop closes the spawner first, and this does nothing):
+            # if it is regained before this print has ended, the job must not be left
+            # `started` with no one to resume it. The store says where it is.
+            self._reload(job_id)
+            raise
         except StoreError:
             log.exception("print_not_recorded", job_id=job_id, printer=printer.name)
             self._reload(job_id)
@@ -114,6 +126,7 @@ class JobProgress:
                 await self.fail(job_id, SERVICE_FAILED, lane)
         finally:
             self._printing.pop(job_id, None)
+            self._underway.discard(job_id)
             self._stop_requested.discard(job_id)
 
     async def give_up(self, job_id: str, reason: str, lane: str) -> None:
@@ -124,6 +137,11 @@ class JobProgress:
         except StoreError:
             log.exception("failure_not_recorded", job_id=job_id)
             self._reload(job_id)
+        except StoreRefused:
+            # The reason cannot be stored (a printer's odd text): fail it with ours.
+            log.exception("failure_refused_by_store", job_id=job_id)
+            with contextlib.suppress(StoreError, StoreRefused):
+                await self.fail(job_id, "every printer of the queue is unavailable", lane)
 
     async def expire(self, job_id: str, lane: str) -> None:
         """Cancel a waiting job whose `expireAfter` has come."""
@@ -132,6 +150,8 @@ class JobProgress:
         except StoreError:
             log.exception("expiry_not_recorded", job_id=job_id)
             self._reload(job_id)
+        except StoreRefused:
+            log.exception("expiry_refused_by_store", job_id=job_id)
 
     async def fail(self, job_id: str, reason: str, lane: str) -> None:
         await self.transition(job_id, partial(jobs.fail, reason=reason), lane)
@@ -163,7 +183,8 @@ class JobProgress:
             elif isinstance(outcome, StoreError | StoreRefused):
                 log.warning("handover_not_recorded", lane=lane, error=str(outcome))
             else:
-                raise outcome
+                # A bug, but the stop is clean all the same: those jobs count one interruption.
+                log.error("handover_not_recorded", lane=lane, exc_info=outcome)
         if marked:
             log.info("jobs_handed_over", jobs=marked)
 
@@ -187,6 +208,7 @@ class JobProgress:
         job = await (self._resume(job_id, lane) if resume else self._begin(job_id, lane))
         if job is None:
             return
+        self._underway.add(job_id)
         try:
             request = await self._request(job)
         except DocumentUnavailable as exc:
@@ -217,12 +239,13 @@ class JobProgress:
             return None
         if job is not None:
             return job if job.status is JobStatus.started else None
-        # Refused: canceled meanwhile, or started by a replica that has since lost the lane.
+        # Refused: canceled meanwhile, or started by a replica that has since lost the lane
+        # (crashed, or handed it over): resumed as after a restart, so it counts as one.
         job = await self._store.read_job(job_id)
         if job is None or job.status is not JobStatus.started:
             return None
         log.info("job_resumed", job_id=job_id, why="started by the lane's last holder")
-        return job
+        return await self._resume(job_id, lane)
 
     async def _resume(self, job_id: str, lane: str) -> jobs.Job | None:
         """A job that was printing when the service stopped, about to print again: count the

@@ -37,4 +37,8 @@ class Spawner:
         if self._tasks is None:
             work.close()
             return None
-        return self._tasks.create_task(work, name=name)
+        try:
+            return self._tasks.create_task(work, name=name)
+        except RuntimeError:  # the group is aborting (a sibling failed): nothing may start
+            work.close()
+            return None

@@ -55,7 +55,7 @@ class PrintDispatcher:
             coordinator=coordinator,
             metrics=metrics,
             lane_of=self._lane,
-            intake=self,
+            jobs=self,
             spawner=self._spawner,
         )
         self._progress = JobProgress(
@@ -85,21 +85,29 @@ class PrintDispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Own the workers until `stopping` is set. Jobs being printed then stay `started`,
         marked as handed over: whoever prints them next does not count an interruption."""
-        async with asyncio.TaskGroup() as tasks:
-            self._spawner.open(tasks)
-            await self._takeover.recover(stopping)
-            for lane in self._waiting.lanes():  # also the jobs enqueued before `run`
-                self._workers.start(lane)
-            await stopping.wait()
-            self._spawner.close()
-            self._waiting.close()
-            printing = self._progress.printing()
-            await self._workers.stop_all()
-            try:
-                async with asyncio.timeout(HANDOVER_TIMEOUT):
-                    await self._progress.hand_over(printing)
-            except TimeoutError:
-                log.warning("handover_not_recorded", jobs=len(printing), error="timed out")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._spawner.open(tasks)
+                await self._takeover.recover(stopping)
+                for lane in self._waiting.lanes():  # also the jobs enqueued before `run`
+                    self._workers.start(lane)
+                await stopping.wait()
+                self._close()
+                printing = self._progress.printing()
+                await self._workers.stop_all()
+                try:
+                    async with asyncio.timeout(HANDOVER_TIMEOUT):
+                        await self._progress.hand_over(printing)
+                except TimeoutError:
+                    log.warning("handover_not_recorded", jobs=len(printing), error="timed out")
+        finally:
+            # Also when cancelled or failed: a late callback (a commit, a lane change, an
+            # expiry) must not start a task in a group that is going away.
+            self._close()
+
+    def _close(self) -> None:
+        self._spawner.close()
+        self._waiting.close()
 
     def enqueue(self, job: jobs.Job) -> None:
         """A created job waits for its lane's printers (a started one, to print again, ahead

@@ -19,7 +19,7 @@ from service.metrics import Metrics
 from service.models import JobStatus
 from service.ports import Coordinator, JobStore, StoreError
 
-__all__ = ["Intake", "Takeover"]
+__all__ = ["JobSink", "Takeover"]
 
 # One logger name for the whole dispatcher (its package).
 log = structlog.get_logger("service.application.dispatch")
@@ -27,7 +27,7 @@ log = structlog.get_logger("service.application.dispatch")
 T = TypeVar("T")
 
 
-class Intake(Protocol):
+class JobSink(Protocol):
     """Where loaded jobs go: the dispatcher's own API."""
 
     def knows(self, job_id: str) -> bool:
@@ -55,14 +55,14 @@ class Takeover:
         coordinator: Coordinator,
         metrics: Metrics,
         lane_of: Callable[[str], str],
-        intake: Intake,
+        jobs: JobSink,
         spawner: Spawner,
     ) -> None:
         self._store = store
         self._coordinator = coordinator
         self._metrics = metrics
         self._lane_of = lane_of
-        self._intake = intake
+        self._jobs = jobs
         self._spawner = spawner
         self._claiming: set[str] = set()
         self._resyncing = False
@@ -74,24 +74,18 @@ class Takeover:
         again from the start: the service cannot know how far the printer got, and printing
         again is the only way to a real `finished` (no second `started` is published).
         """
-        retry = Backoff(first=0.5, cap=10.0)
-        while True:
-            try:
-                unfinished = await self._store.waiting_jobs()
-                break
-            except StoreError as exc:
-                if stopping.is_set():
-                    return
-                pause = retry.delay()
-                log.warning("jobs_not_recovered_yet", error=str(exc), retry_in_s=pause)
-                if await sleep_unless(stopping, pause):
-                    return
+        try:
+            unfinished = await self._read(
+                self._store.waiting_jobs, "jobs_not_recovered_yet", stopping=stopping
+            )
+        except _Stopped:
+            return
         resumed = waiting = 0
         for job in unfinished:
             self._metrics.jobs.labels(job.status.value).inc()
             resumed += job.status is JobStatus.started
-            self._intake.enqueue(job)
-            waiting += self._intake.knows(job.job_id)
+            self._jobs.enqueue(job)
+            waiting += self._jobs.knows(job.job_id)
         if waiting:
             log.info("jobs_recovered", waiting=waiting, resumed=resumed)
 
@@ -150,11 +144,11 @@ class Takeover:
             lane = self._lane_of(job.queue_id)
             if lane not in lanes if lanes is not None else not self._coordinator.owns(lane):
                 continue
-            if self._intake.knows(job.job_id):
+            if self._jobs.knows(job.job_id):
                 continue
             resumed += job.status is JobStatus.started
             loaded += 1
-            self._intake.enqueue(job)
+            self._jobs.enqueue(job)
         if lanes is None:
             log.info("jobs_resynced", jobs=loaded, resumed=resumed)
         else:
@@ -170,12 +164,12 @@ class Takeover:
         if job is None:
             return
         if job.is_final:
-            self._intake.withdraw(job)  # canceled there: stop it here
+            self._jobs.withdraw(job)  # canceled there: stop it here
         elif job.status is JobStatus.created:
-            if self._intake.is_waiting(job.job_id):
-                self._intake.reprioritize(job)  # updated there
+            if self._jobs.is_waiting(job.job_id):
+                self._jobs.reprioritize(job)  # updated there
             else:
-                self._intake.enqueue(job)  # created there (one printing here stays)
+                self._jobs.enqueue(job)  # created there (one printing here stays)
 
     async def _reload(self, job_id: str) -> None:
         try:
@@ -184,19 +178,33 @@ class Takeover:
             )
         except _Stopped:
             return
-        if job is not None and not job.is_final:
-            self._intake.enqueue(job)  # a `started` one resumes
+        if job is None or job.is_final:
+            return
+        if self._coordinator.owns(self._lane_of(job.queue_id)):
+            self._jobs.enqueue(job)  # a `started` one resumes
+        # else: the lane's holder has it (a lane lost meanwhile is not claimed back)
 
-    async def _read(self, read: Callable[[], Awaitable[T]], event: str, **context: object) -> T:
-        """`read()` once the store answers; raises _Stopped if the dispatcher stops first."""
+    async def _read(
+        self,
+        read: Callable[[], Awaitable[T]],
+        event: str,
+        *,
+        stopping: asyncio.Event | None = None,
+        **context: object,
+    ) -> T:
+        """`read()` once the store answers; raises _Stopped if `stopping` (by default, the
+        dispatcher's) is set first. A store that is away is logged, not a bug."""
+        stopping = stopping or self._spawner.stopping
         retry = _retry()
         while True:
             try:
                 return await read()
             except StoreError as exc:
+                if stopping.is_set():
+                    raise _Stopped from exc
                 pause = retry.delay()
-                log.exception(event, retry_in_s=round(pause, 3), **context)
-                if await sleep_unless(self._spawner.stopping, pause):
+                log.warning(event, error=str(exc), retry_in_s=round(pause, 3), **context)
+                if await sleep_unless(stopping, pause):
                     raise _Stopped from exc
 
 

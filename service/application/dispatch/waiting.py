@@ -40,9 +40,6 @@ class WaitingRoom:
         self._resuming: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
-    def __len__(self) -> int:
-        return len(self._lane_of)
-
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._lane_of
 

@@ -68,6 +68,7 @@ class LaneWorkers:
 
     async def _work(self, lane: str, printer: Printer) -> None:
         broken = Backoff(first=1.0, cap=30.0)
+        cancelled = False
         try:
             while self._waiting.waiting_in(lane) and self._coordinator.owns(lane):
                 try:
@@ -93,9 +94,16 @@ class LaneWorkers:
                 # starve the other loops.
                 await asyncio.sleep(0)
                 await self._progress.print_job(printer, turn.job_id, lane, resume=turn.resume)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             if self._workers.get(printer.name) is asyncio.current_task():
                 del self._workers[printer.name]
+                # Stopped because the lane was lost, and regained since (its jobs loaded
+                # again while this worker was still ending): the lane needs a worker again.
+                if cancelled and self._waiting.waiting_in(lane) and self._coordinator.owns(lane):
+                    self.start(lane)
 
     def _all_unavailable(self, lane: str, printer: Printer) -> bool:
         self._unavailable.add(printer.name)
