@@ -1,7 +1,9 @@
 """Finding (or starting) the real brokers the integration tests run against.
 
 MQTT, in order: `MQTT_URL`; a private Mosquitto started from deploy/mosquitto/mosquitto.conf
-on a free port when the binary is installed (so the tests run with the config we ship);
+on a free port when the binary is installed (so the tests run with the config we ship, its
+authentication left out: the tests of everything else connect anonymously, as the CI's dev
+broker lets them; tests/integration/test_mqtt_security.py starts one with it);
 a broker listening on 127.0.0.1:1883; a testcontainers Mosquitto when Docker is there.
 AMQP: `AMQP_URL`; 127.0.0.1:5672; a testcontainers RabbitMQ. With none, the run fails and
 says what to start.
@@ -15,6 +17,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +25,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+MAKE_CREDENTIALS = ROOT / "deploy" / "mosquitto" / "make_credentials.py"
+# Where distributions install the dynamic-security plugin (the shipped config names the
+# eclipse-mosquitto image's path, the last one).
+DYNSEC_PLUGINS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib64/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+)
+# The shipped config's lines that make clients authenticate.
+AUTH_OPTIONS = ("allow_anonymous", "plugin", "plugin_opt_config_file", "password_file", "acl_file")
 
 HOW_TO_START = (
     "start them, or point MQTT_URL / AMQP_URL at running brokers:\n"
@@ -63,7 +78,11 @@ class PrivateMosquitto:
     broker restart is.
     """
 
-    def __init__(self, directory: Path, *, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, *, extra: tuple[str, ...] = (), security: Path | None = None
+    ) -> None:
+        """`security`: a dynamic-security.json (make_credentials.py's) to enforce the shipped
+        authentication and roles with; without it, anyone may connect."""
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.port = free_port()
         self.dir = directory
@@ -71,16 +90,29 @@ class PrivateMosquitto:
         self.conf = directory / "mosquitto.conf"
         self.process: subprocess.Popen[bytes] | None = None
         _let_mosquitto_write(directory)
+        if security is not None:
+            # The broker's own copy, in a directory it may read (it runs as `mosquitto`).
+            config = directory / "dynamic-security.json"
+            shutil.copyfile(security, config)
+            _let_mosquitto_write(config)
         lines = []
         for line in MOSQUITTO_CONF.read_text().splitlines():
             key = line.split(None, 1)[0] if line.strip() else ""
             if key in ("listener", "persistence_location", "pid_file", "log_dest", "user"):
                 continue
+            if key in AUTH_OPTIONS:
+                if security is None:
+                    continue
+                if key == "plugin":
+                    line = f"plugin {dynsec_plugin()}"  # noqa: PLW2901 - this line, rewritten
+                elif key == "plugin_opt_config_file":
+                    line = f"plugin_opt_config_file {config}"  # noqa: PLW2901
             lines.append(line)
         lines += [
             f"listener {self.port} 127.0.0.1",
             f"persistence_location {directory}/",
             f"log_dest file {self.log}",
+            *(() if security is not None else ("allow_anonymous true",)),
             *extra,
         ]
         self.conf.write_text("\n".join(lines) + "\n")
@@ -88,6 +120,10 @@ class PrivateMosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    def url_as(self, user: str, password: str) -> str:
+        """The broker's URL with credentials, as MQTT_URL carries them."""
+        return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -107,9 +143,11 @@ class PrivateMosquitto:
 
 
 @contextlib.contextmanager
-def private_mosquitto(*, extra: tuple[str, ...] = ()) -> Iterator[PrivateMosquitto]:
+def private_mosquitto(
+    *, extra: tuple[str, ...] = (), security: Path | None = None
+) -> Iterator[PrivateMosquitto]:
     with tempfile.TemporaryDirectory(prefix="mosquitto-") as tmp:
-        broker = PrivateMosquitto(Path(tmp), extra=extra)
+        broker = PrivateMosquitto(Path(tmp), extra=extra, security=security)
         broker.start()
         try:
             yield broker
@@ -117,15 +155,37 @@ def private_mosquitto(*, extra: tuple[str, ...] = ()) -> Iterator[PrivateMosquit
             broker.stop()
 
 
-def _let_mosquitto_write(directory: Path) -> None:
-    """Started as root, Mosquitto drops to the `mosquitto` user: give it its directory."""
+def dynsec_plugin() -> str:
+    """This machine's Mosquitto dynamic-security plugin."""
+    for path in DYNSEC_PLUGINS:
+        if Path(path).is_file():
+            return path
+    raise BrokerUnavailableError(
+        "no mosquitto_dynamic_security.so (shipped with Mosquitto 2.0) in: "
+        + ", ".join(DYNSEC_PLUGINS)
+    )
+
+
+def make_credentials(out: Path) -> dict[str, str]:
+    """Run deploy/mosquitto/make_credentials.py into `out`; each user's password."""
+    subprocess.run(
+        [sys.executable, str(MAKE_CREDENTIALS), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return {path.stem: path.read_text().strip() for path in out.glob("*.password")}
+
+
+def _let_mosquitto_write(path: Path) -> None:
+    """Started as root, Mosquitto drops to the `mosquitto` user: give it its files."""
     if os.geteuid() != 0:
         return
     try:
         pwd.getpwnam("mosquitto")
     except KeyError:
         return
-    shutil.chown(directory, user="mosquitto")
+    shutil.chown(path, user="mosquitto")
 
 
 @contextlib.contextmanager
