@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +35,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.config import Settings
 from tests.conftest import Brokers
@@ -562,3 +566,141 @@ def test_the_compose_stacks_queue_file_is_a_valid_configuration():
     env = compose["services"]["print-service-1"]["environment"]
     mounts = compose["services"]["print-service-1"]["volumes"]
     assert f"./deploy/compose/queues.toml:{env['PRINT_QUEUES_FILE']}:ro" in mounts
+
+
+# --- deploy/rabbitmq ----------------------------------------------------------------------
+
+RABBITMQ = ROOT / "deploy" / "rabbitmq"
+
+
+def _load_make_users() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_users", RABBITMQ / "make_users.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_users = _load_make_users()
+
+
+def _rabbitmq_conf() -> dict[str, str]:
+    lines = (RABBITMQ / "rabbitmq.conf").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_shipped_definitions_hold_the_adapters_topology_and_no_user():
+    from service.adapters import amqp  # noqa: PLC0415 - only this test needs it
+
+    definitions = json.loads((RABBITMQ / "definitions.json").read_text())
+    # No user, password hash or permission is committed: make_users.py writes them.
+    assert set(definitions) & {"users", "permissions", "topic_permissions"} == set()
+    exchanges = {x["name"]: x for x in definitions["exchanges"]}
+    assert set(exchanges) == {amqp.EVENTS_EXCHANGE, amqp.REJECTIONS_EXCHANGE}
+    assert {x["type"] for x in exchanges.values()} == {"topic"}
+    queues = {q["name"]: q for q in definitions["queues"]}
+    assert set(queues) == {amqp.EVENTS_QUEUE, amqp.REJECTIONS_QUEUE}
+    for queue in queues.values():
+        assert queue["durable"] is True
+        assert queue["arguments"] == dict(amqp.QUEUE_ARGUMENTS)
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
+    assert bindings == {
+        (amqp.EVENTS_EXCHANGE, amqp.EVENTS_QUEUE, "#"),
+        (amqp.REJECTIONS_EXCHANGE, amqp.REJECTIONS_QUEUE, "#"),
+    }
+
+
+def test_rabbitmq_conf_loads_the_definitions_directory_and_verifies_oauth2_tokens():
+    conf = _rabbitmq_conf()
+    assert conf["load_definitions"] == "/etc/rabbitmq/definitions.d"
+    assert conf["auth_backends.1"] == "internal"
+    assert conf["auth_backends.2"] == "rabbit_auth_backend_oauth2"
+    server = conf["auth_oauth2.resource_server_id"]
+    assert server == "print_api"
+    key = conf["auth_oauth2.default_key"]
+    assert conf[f"auth_oauth2.signing_keys.{key}"].startswith("/etc/rabbitmq/oauth2/")
+    assert conf["auth_oauth2.algorithms.1"] == "RS256"
+    assert (RABBITMQ / "enabled_plugins").read_text().strip() == "[rabbitmq_auth_backend_oauth2]."
+    # The contract's scopes are aliases; every scope they stand for is the server's own.
+    advanced = (RABBITMQ / "advanced.config").read_text()
+    aliases = dict(re.findall(r'<<"([a-z]+:job)">> => \[(.*?)\]', advanced, re.DOTALL))
+    assert set(aliases) == {"read:job", "write:job"}
+    for scopes in aliases.values():
+        for scope in re.findall(r'<<"([^"]+)">>', scopes):
+            assert scope.startswith(f"{server}."), scope
+    # read:job grants no routing key (the tenant's come with the token) and no shared queue.
+    assert "events%2Fjobs" not in aliases["read:job"]
+    assert not re.search(r"read:%2F/[^/\"]+/", aliases["read:job"])
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rabbitmq-users")
+    assert make_users.main(["--out", str(out), "--tenant", "acme", "--reader", "audit"]) == 0
+    return out
+
+
+def _grant(document: dict[str, Any], key: str, user: str) -> list[dict[str, Any]]:
+    return [entry for entry in document[key] if entry["user"] == user]
+
+
+def test_make_users_writes_private_files_and_keeps_passwords(generated: Path):
+    for name in ("users.json", "credentials.json"):
+        assert (generated / name).stat().st_mode & 0o777 == 0o600
+    before = json.loads((generated / "credentials.json").read_text())
+    assert set(before) == {"print-service", "acme", "audit"}
+    make_users.main(["--out", str(generated), "--tenant", "acme", "--tenant", "beta"])
+    after = json.loads((generated / "credentials.json").read_text())
+    assert after["acme"] == before["acme"]
+    assert after["print-service"] == before["print-service"]
+    assert set(after) == {"print-service", "acme", "beta"}
+    users = json.loads((generated / "users.json").read_text())
+    for user in users["users"]:
+        salted = base64.b64decode(user["password_hash"])
+        password = after[user["name"]].encode()
+        assert salted[4:] == hashlib.sha256(salted[:4] + password).digest()
+        assert user["tags"] == []  # no administrator, no management
+
+
+def test_the_service_user_configures_and_writes_only_its_topology(generated: Path):
+    from service.adapters import amqp  # noqa: PLC0415 - only this test needs it
+
+    document = json.loads((generated / "users.json").read_text())
+    [permission] = _grant(document, "permissions", "print-service")
+    topology = {amqp.EVENTS_EXCHANGE, amqp.REJECTIONS_EXCHANGE, amqp.EVENTS_QUEUE}
+    topology.add(amqp.REJECTIONS_QUEUE)
+    others = ["amq.default", "", "tenants/acme/x", "print.eventsx", "events/jobs2", ".*"]
+    for kind in ("configure", "write"):
+        assert {n for n in [*topology, *others] if re.match(permission[kind], n)} == topology
+    exchanges = {amqp.EVENTS_EXCHANGE, amqp.REJECTIONS_EXCHANGE}
+    assert {n for n in [*topology, *others] if re.match(permission["read"], n)} == exchanges
+    topics = {t["exchange"]: t for t in _grant(document, "topic_permissions", "print-service")}
+    assert re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "events/acme.1")
+    assert re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "counts/acme.q")
+    assert not re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "rejections/acme.q")
+    assert re.match(topics[amqp.REJECTIONS_EXCHANGE]["write"], "rejections/_invalid")
+
+
+TENANT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,10}", fullmatch=True)
+
+
+@given(tenant=TENANT, key=st.text(alphabet="abAB01.*#/_:-", max_size=24))
+def test_a_tenants_binding_keys_all_begin_with_its_own_first_word(tenant: str, key: str):
+    """Topic words split on `.`: a key whose first word is `events/<tenant>` (not `*`, `#`
+    or another tenant's) matches only routing keys of that tenant's jobs."""
+    _, topics = make_users.tenant_grants(tenant)
+    for topic in topics:
+        for candidate in (key, f"events/{tenant}.{key}", f"rejections/{tenant}.{key}"):
+            if re.match(topic["read"], candidate):
+                first, dot, _ = candidate.partition(".")
+                assert dot == "."
+                assert first in {f"events/{tenant}", f"counts/{tenant}", f"rejections/{tenant}"}
+        assert topic["write"] == "^$"
+
+
+def test_a_tenant_name_that_would_widen_its_keys_is_refused():
+    for name in ("acme.x", "#", "*", "a/b", "", "ac(me"):
+        with pytest.raises(ValueError, match="tenant name"):
+            make_users.tenant_grants(name)
