@@ -28,6 +28,7 @@ from pamqp import body as pamqp_body
 from pamqp import commands, frame, header
 
 from service.adapters.amqp import REJECTIONS_EXCHANGE, amqp_message
+from service.core.access import AccessControl
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection, valid_queue_id
 from service.core.events import INVALID_QUEUE_ROUTE, REJECTION_ROUTE_PREFIX, Outgoing, job_event
 from service.core.events import rejection_event as build_rejection_event
@@ -273,7 +274,7 @@ def a_decoder(api_keys: frozenset[str] | None) -> CommandDecoder:
     return CommandDecoder(
         max_bytes=MAX_BYTES,
         max_decompressed_bytes=MAX_DECOMPRESSED,
-        api_keys=api_keys,
+        access=None if api_keys is None else AccessControl.plain(api_keys),
         new_id=lambda: GENERATED_ID,
     )
 
