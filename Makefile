@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: install  ## run the service with the embedded defaults
-	$(BIN)/print-service run
+# AUTH_DISABLED=true: every command is accepted without an API key (the service warns
+# `auth_disabled` at start); without keys or it, the service refuses to start.
+run: install  ## run the service with the embedded defaults, auth disabled (development only)
+	AUTH_DISABLED=true $(BIN)/print-service run
 
 test: install  ## unit and integration tests (brokers: see README)
 	$(BIN)/pytest

@@ -161,6 +161,8 @@ def start_system(system: str, mqtt_url: str, workdir: Path) -> subprocess.Popen[
         assert process.stdout is not None
         process.stdout.readline()  # "ready"
         return process
+    # Auth disabled (by service_env) unless --set gives keys: the bench measures the
+    # pipeline, and a per-key rate limit would cap it.
     env = service_env(
         mqtt_url=mqtt_url,
         amqp_url=AMQP_URL,

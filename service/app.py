@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from service.adapters.amqp import AmqpPublisher
 from service.adapters.documents import DocumentFetcher
 from service.adapters.http import HealthServer
+from service.adapters.keyfile import KeyFile
 from service.adapters.mqtt import IngressOptions, MqttIngress
 from service.adapters.printers.directory import Printers
 from service.adapters.solo import Solo
@@ -39,7 +40,8 @@ from service.aio import sleep_unless
 from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.application.relay import OutboxRelay
-from service.config import Settings
+from service.config import ConfigError, Settings
+from service.core.access import AccessConfigError
 from service.core.codec import CommandDecoder
 from service.core.queues import QueueMap
 from service.metrics import Metrics
@@ -99,11 +101,23 @@ class Service:
             metrics=self.metrics,
             max_interruptions=settings.print_max_interruptions,
         )
+        # None with AUTH_DISABLED; a ConfigError without keys (fail closed).
+        self.access = settings.access_control()
+        self.keys = (
+            KeyFile(
+                access=self.access,
+                plain=settings.api_keys,
+                path=settings.api_keys_file,
+                metrics=self.metrics,
+            )
+            if self.access is not None and settings.api_keys_file is not None
+            else None
+        )
         self.handler = CommandHandler(
             decoder=CommandDecoder(
                 max_bytes=settings.max_message_bytes,
                 max_decompressed_bytes=settings.max_decompressed_bytes,
-                api_keys=settings.api_keys or None,
+                access=self.access,
                 new_id=lambda: str(uuid.uuid4()),
             ),
             store=self.store,
@@ -160,11 +174,16 @@ class Service:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        if not settings.api_keys:
+        if self.access is None:
             log.warning(
                 "auth_disabled",
-                detail="API_KEYS is not set: every command is accepted without an API key",
+                detail="AUTH_DISABLED=true: every command is accepted without an API key",
             )
+        if self.keys is not None:
+            try:
+                self.keys.load()
+            except AccessConfigError as exc:
+                raise ConfigError(f"API_KEYS_FILE: {exc}") from None
         log.info(
             "service_starting",
             client_id=settings.mqtt_client_id,
@@ -196,6 +215,8 @@ class Service:
                 start("relay", self._publish(ingress_done, relay_done))
                 if isinstance(self.store, PostgresStore):
                     start("outbox", self._count_outbox(self.store, relay_done))
+                if self.keys is not None:
+                    start("keys", self.keys.run(self.stopping))
                 start("ingress", self._ingest(ingress_done))
                 start("ready", self._announce_ready())
         finally:

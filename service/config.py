@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.core.access import AccessControl, KeyTable
 from service.core.queues import QueueConfigError, QueueMap
 
 __all__ = ["BrokerUrl", "ConfigError", "Settings"]
@@ -105,7 +106,19 @@ class Settings(BaseSettings):
     event_gzip: bool = True
     publish_concurrency: int = Field(default=256, ge=1, le=10_000)
 
-    api_keys: Annotated[frozenset[str], NoDecode] = frozenset()
+    # --- Who may send what (README: Security). Without keys the service does not start,
+    # unless AUTH_DISABLED says so explicitly: a forgotten secret must not open it to all.
+    # Plain keys: every scope on every queue (in order: logs name them API_KEYS[n]).
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    # Keys by SHA-256 digest, with their queues, scopes and rates (TOML); reloaded on change.
+    api_keys_file: Path | None = None
+    auth_disabled: bool = False
+    # A key's commands a second and at once, unless its entry says otherwise (0: no limit).
+    # About a tenth of what one replica applies (see Benchmark): no key can take it all, and
+    # a burst lets an integrator send a batch (or its backlog after a reconnect) at once.
+    api_key_rate: float = Field(default=100.0, ge=0, allow_inf_nan=False)
+    api_key_burst: int = Field(default=200, ge=1, le=1_000_000)
+
     max_message_bytes: int = Field(default=1_048_576, ge=256)
     max_decompressed_bytes: int = Field(default=4_194_304, ge=256)
 
@@ -140,7 +153,12 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return frozenset(k.strip() for k in value.split(",") if k.strip())
+            value = [k.strip() for k in value.split(",")]
+        elif isinstance(value, (set, frozenset)):
+            value = sorted(value)
+        if isinstance(value, (list, tuple)):
+            # Each key once, in the order given.
+            return tuple(dict.fromkeys(k for k in value if k))
         return value
 
     @field_validator(
@@ -151,6 +169,7 @@ class Settings(BaseSettings):
         "amqp_cert_file",
         "amqp_key_file",
         "print_queues_file",
+        "api_keys_file",
     )
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
@@ -199,6 +218,26 @@ class Settings(BaseSettings):
             return QueueMap.from_toml(text, source=str(path))
         except QueueConfigError as exc:
             raise ConfigError(f"PRINT_QUEUES_FILE: {exc}") from None
+
+    def access_control(self) -> AccessControl | None:
+        """The keys' gatekeeper with `API_KEYS` (the keys file is read into it at start), or
+        None with `AUTH_DISABLED=true`; a ConfigError when neither or both are set."""
+        has_keys = bool(self.api_keys) or self.api_keys_file is not None
+        if self.auth_disabled:
+            if has_keys:
+                raise ConfigError(
+                    "AUTH_DISABLED=true, yet API_KEYS or API_KEYS_FILE is set: "
+                    "unset AUTH_DISABLED to check the keys, or the keys to run without"
+                )
+            return None
+        if not has_keys:
+            raise ConfigError(
+                "no API keys: set API_KEYS or API_KEYS_FILE, or AUTH_DISABLED=true to accept "
+                "every command without a key (development only)"
+            )
+        return AccessControl(
+            KeyTable.plain(self.api_keys), rate=self.api_key_rate, burst=self.api_key_burst
+        )
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -107,3 +107,9 @@ class Metrics:
             ["broker"],
             registry=registry,
         )
+        self.key_reloads = Counter(
+            "print_api_key_reloads_total",
+            "Changes of API_KEYS_FILE seen, by outcome (applied, or refused: the old keys stay).",
+            ["outcome"],
+            registry=registry,
+        )

@@ -52,8 +52,15 @@ class RejectionReason(StrEnum):
     - `unknown_message_type`: `x-message-type` names no command of this contract;
     - `ambiguous_command`: a bare payload whose type cannot be told;
     - `schema_violation`: the payload or headers do not match the message's schema;
-    - `unauthorized`: the `x-api-key` header is missing or not a configured key;
-    - `unknown_job`: no job has that jobId;
+    - `unauthorized`: the `x-api-key` header is missing, not a configured key, or the
+      command carries two different keys (nothing else of the command is read);
+    - `forbidden`: the key is valid, but may not send this command (it lacks the scope,
+      `write:job` for create, cancel and update, `read:job` for status and counts) or
+      to this queue;
+    - `rate_limited`: the key sent more commands than its rate allows; `retryAfter` says
+      how long to wait before the next one is taken;
+    - `unknown_job`: no job has that jobId on this queue (a job of another queue is
+      answered exactly as one that does not exist);
     - `job_conflict`: a job with that jobId exists with a different payload;
     - `job_started`: the job is printing and the cancel did not say `force: true`;
     - `job_final`: the job is already finished, canceled or failed;
@@ -72,6 +79,8 @@ class RejectionReason(StrEnum):
     ambiguous_command = "ambiguous_command"
     schema_violation = "schema_violation"
     unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    rate_limited = "rate_limited"
     unknown_job = "unknown_job"
     job_conflict = "job_conflict"
     job_started = "job_started"
@@ -577,6 +586,13 @@ class CommandRejected(BaseModel):
     errors: Annotated[
         list[FieldError] | None,
         Field(description="Schema violations, one per invalid field; the first 20.", max_length=20),
+    ] = None
+    retryAfter: Annotated[
+        float | None,
+        Field(
+            description="`rate_limited` only: seconds to wait before the key's next command is taken.\n",
+            ge=0.0,
+        ),
     ] = None
 
 

@@ -417,6 +417,8 @@ class Installed:
             HTTP_HOST="127.0.0.1",
             HTTP_PORT=str(self.port),
             MQTT_CLIENT_ID=f"image-test-{uuid.uuid4().hex[:8]}",
+            # No keys in these tests: auth off, explicitly (the service refuses otherwise).
+            AUTH_DISABLED="true",
             **settings,
         )
         self.log_path = log_path

@@ -187,6 +187,11 @@ class CommandHandler:
         job = await step.tx.get(message.jobId)
         if isinstance(message, CreatePrintJob):
             return self._create(step, message, job)
+        if job is not None and job.queue_id != step.command.queue_id:
+            # A job is acted on through its own queue only; through another, it is answered
+            # exactly as one that does not exist, so that no key learns of other queues' jobs.
+            log.info("job_of_another_queue", job_queue_id=job.queue_id, **step.ids())
+            job = None
         if isinstance(message, CancelPrintJob):
             return self._cancel(step, message, job)
         if isinstance(message, UpdatePrintJob):

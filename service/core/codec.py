@@ -1,10 +1,13 @@
 """Turn a raw MQTT command into a validated command, or into a rejection that says why not.
 
 Order of the checks, each of which ends the decoding with its own reason:
-size → API key (MQTT 5 user property) → content encoding (gzip, capped) → UTF-8 → JSON
-object (no lone surrogates) → envelope → API key (envelope) → retained → message type
-(header, or inferred from a bare payload) → queueId → headers → payload schema.
-Authentication comes before anything that costs: a caller without a key learns nothing else.
+size → API key and its rate (MQTT 5 user property) → content encoding (gzip, capped) →
+UTF-8 → JSON object (no lone surrogates) → envelope → API key and its rate (envelope) →
+retained → message type (header, or inferred from a bare payload) → queueId → headers →
+the key's scope and queues → payload schema.
+Authentication comes before anything that costs: a caller without a key learns nothing
+else; a key over its rate is refused before its command is parsed (when the key is an MQTT 5
+user property); what a key may do is checked once the command's type is known.
 
 `decode` never raises, for any bytes, topic, header value or length: what it cannot turn
 into a command becomes a `Rejection`, an unexpected failure one with `internal_error` (and
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import re
 import zlib
@@ -25,6 +27,7 @@ from typing import Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from service.core.access import AccessControl, ApiKey, Unauthorized
 from service.core.text import capped, contains_surrogate, describe, is_correlation_id
 from service.models import (
     CancelPrintJob,
@@ -118,6 +121,8 @@ class Rejection:
     job_id: str | None = None
     message_type: str | None = None
     errors: tuple[FieldError, ...] = ()
+    # `rate_limited`: the seconds to wait before the key's next command is taken.
+    retry_after: float | None = None
     # What failed, for `internal_error`: logged with its traceback, never echoed.
     cause: BaseException | None = field(default=None, compare=False)
 
@@ -137,11 +142,13 @@ class _Rejected(Exception):  # noqa: N818 - internal control flow, never escapes
         reason: RejectionReason,
         message: str,
         errors: tuple[FieldError, ...] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.errors = errors
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True)
@@ -151,29 +158,33 @@ class _Partial:
     correlation_id: str
     job_id: str | None = None
     message_type: str | None = None
+    # The key the command was authenticated with, and its text (to tell a second one).
+    key: ApiKey | None = None
+    presented: str | None = None
 
 
 class CommandDecoder:
-    """Decodes and validates commands; configured once with the limits and the API keys."""
+    """Decodes and validates commands; configured once with the limits and the API keys
+    (`access`: None when auth is disabled; its keys may be replaced while it decodes)."""
 
     def __init__(
         self,
         *,
         max_bytes: int,
         max_decompressed_bytes: int,
-        api_keys: frozenset[str] | None,
+        access: AccessControl | None,
         new_id: Callable[[], str],
     ) -> None:
         if max_bytes <= 0 or max_decompressed_bytes <= 0:
             raise ValueError("size limits must be positive")
         self._max_bytes = max_bytes
         self._max_decompressed = max_decompressed_bytes
-        self._api_keys = tuple(k.encode() for k in api_keys) if api_keys else None
+        self._access = access
         self._new_id = new_id
 
     @property
     def auth_enabled(self) -> bool:
-        return self._api_keys is not None
+        return self._access is not None
 
     def decode(self, inbound: Inbound) -> DecodedCommand | Rejection:
         """The command, or why not; never raises."""
@@ -203,6 +214,7 @@ class CommandDecoder:
             reason=rejected.reason,
             message=rejected.message,
             errors=rejected.errors,
+            retry_after=rejected.retry_after,
             queue_id=queue_id,
             correlation_id=partial.correlation_id or self._new_id(),
             received_at=inbound.received_at,
@@ -218,7 +230,7 @@ class CommandDecoder:
                 f"message is {len(inbound.payload)} bytes; the limit is {self._max_bytes}",
             )
         if "x-api-key" in inbound.properties:
-            self._authenticate(inbound.properties["x-api-key"])
+            self._authenticate(inbound.properties["x-api-key"], inbound, partial)
         body = self._parse(inbound, partial)
         raw_headers: dict[str, Any] = dict(inbound.properties)
         if "content-encoding" in raw_headers:
@@ -229,13 +241,13 @@ class CommandDecoder:
             if isinstance(envelope_headers := body.get("headers"), dict):
                 raw_headers.update(envelope_headers)
                 partial.correlation_id = self._correlation_id(raw_headers, inbound)
-            self._authenticate(raw_headers.get("x-api-key"))
+            self._authenticate(raw_headers.get("x-api-key"), inbound, partial)
             if isinstance(envelope_payload := body.get("payload"), dict):
                 _note_job_id(partial, envelope_payload)
             _check_type(raw_headers, partial)
             body = _validate(CommandEnvelope, body, prefix="").payload
         else:
-            self._authenticate(raw_headers.get("x-api-key"))
+            self._authenticate(raw_headers.get("x-api-key"), inbound, partial)
         _note_job_id(partial, body)
         if inbound.retained:
             raise _Rejected(
@@ -249,6 +261,7 @@ class CommandDecoder:
         headers = _validate(CommandHeaders, raw_headers, prefix="headers.")
         message_type = headers.x_message_type or _infer_type(body)
         partial.message_type = message_type.value
+        self._authorize(partial, queue_id, message_type)
         message = _validate(MODEL_BY_TYPE[message_type], body, prefix="")
         return DecodedCommand(
             message=message,
@@ -317,20 +330,36 @@ class CommandDecoder:
             )
         return out
 
-    def _authenticate(self, key: object) -> None:
-        if self._api_keys is None:
+    def _authenticate(self, presented: object, inbound: Inbound, partial: _Partial) -> None:
+        """Who sent the command, charged one command of its rate; else rejected.
+
+        A command carries one key: the envelope's, or the MQTT 5 user property, or both
+        the same (a second, different key is refused: which one would it act as?)."""
+        if self._access is None:
             return
-        if key is None:
+        if partial.key is not None:
+            if presented != partial.presented:
+                raise _Rejected(
+                    RejectionReason.unauthorized, "the command carries two different x-api-key"
+                )
+            return
+        key = self._access.authenticate(presented)
+        if isinstance(key, Unauthorized):
+            raise _Rejected(RejectionReason.unauthorized, key.message)
+        partial.key, partial.presented = key, str(presented)
+        # Every command a key sends counts, whatever becomes of it: each costs the service.
+        if limited := self._access.admit(key, inbound.received_at):
+            raise _Rejected(
+                RejectionReason.rate_limited, limited.message, retry_after=limited.retry_after
+            )
+
+    def _authorize(self, partial: _Partial, queue_id: str, message_type: MessageType) -> None:
+        if self._access is None:
+            return
+        if partial.key is None:  # unreachable: every path authenticates; fail closed anyway
             raise _Rejected(RejectionReason.unauthorized, "x-api-key is missing")
-        if not isinstance(key, str):
-            raise _Rejected(RejectionReason.unauthorized, "x-api-key is not valid")
-        given = key.encode("utf-8", "surrogatepass")
-        # Compare against every key so the time taken does not tell which one nearly matched.
-        matched = False
-        for known in self._api_keys:
-            matched |= hmac.compare_digest(given, known)
-        if not matched:
-            raise _Rejected(RejectionReason.unauthorized, "x-api-key is not valid")
+        if forbidden := self._access.authorize(partial.key, queue_id, message_type):
+            raise _Rejected(RejectionReason.forbidden, forbidden.message)
 
     def _correlation_id(self, headers: Mapping[str, Any], inbound: Inbound) -> str:
         """The sender's id for its command, in the contract's form: the header; else MQTT 5

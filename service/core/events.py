@@ -195,5 +195,6 @@ def _rejection_body(
             for e in rejection.errors[:MAX_ERRORS]
         ]
         or None,
+        retryAfter=rejection.retry_after,
     )
     return event.model_dump_json(exclude_none=True)

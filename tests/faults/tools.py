@@ -148,7 +148,11 @@ class ServiceProcess:
 def service_env(
     *, mqtt_url: str, amqp_url: str, database_url: str, client_id: str, **extra: str
 ) -> dict[str, str]:
+    """The service's environment; auth is disabled explicitly (the service refuses to start
+    without keys otherwise) unless `extra` gives keys."""
+    keyed = "API_KEYS" in extra or "API_KEYS_FILE" in extra
     return {
+        **({} if keyed else {"AUTH_DISABLED": "true"}),
         "MQTT_URL": mqtt_url,
         "AMQP_URL": amqp_url,
         "DATABASE_URL": database_url,

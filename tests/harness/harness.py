@@ -28,6 +28,7 @@ from service.adapters.solo import Solo
 from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.application.relay import OutboxRelay
+from service.core.access import AccessControl
 from service.core.backoff import Backoff
 from service.core.codec import CommandDecoder, Inbound
 from service.core.events import Kind
@@ -71,13 +72,15 @@ class Harness:
         lanes: Mapping[str, Sequence[Printer]] | None = None,
         documents: FakeDocuments | None = None,
         api_keys: frozenset[str] | None = None,
+        access: AccessControl | None = None,
         max_interruptions: int = 3,
         concurrency: int = 8,
         start: datetime = EPOCH,
         changes: Changes | None = None,
     ) -> None:
         """`lanes`: the printers of some lanes (made with `changes`, so that the waits hear
-        of them); every other lane gets a FakePrinter of its own."""
+        of them); every other lane gets a FakePrinter of its own. `access`: the keys and
+        their rights (`api_keys`: plain keys that may do everything); neither: auth off."""
         self.changes = changes or Changes()
         self.clock = FakeClock(start)
         self.ids = SequentialIds()
@@ -109,7 +112,7 @@ class Harness:
         self.decoder = CommandDecoder(
             max_bytes=MAX_BYTES,
             max_decompressed_bytes=4 * MAX_BYTES,
-            api_keys=api_keys,
+            access=access if api_keys is None else AccessControl.plain(api_keys),
             new_id=lambda: str(self.ids()),
         )
         self.handler = CommandHandler(

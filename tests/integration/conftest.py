@@ -43,6 +43,9 @@ ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
 def start_service(brokers: Brokers, tmp_path, monkeypatch: pytest.MonkeyPatch) -> ServiceFactory:
     """Start the service in-process with test settings; overrides as keyword arguments.
 
+    Auth is disabled (the service refuses to start without keys otherwise) unless the
+    overrides give keys (`api_keys`, `api_keys_file`).
+
     `printers`: a printer directory to print with instead of the configured printers (e.g.
     `FakePrinters` whose printers the test holds, so that a job is still printing when the
     test acts on it). Service has no constructor argument for it: its directory's lookup is
@@ -66,6 +69,9 @@ def start_service(brokers: Brokers, tmp_path, monkeypatch: pytest.MonkeyPatch) -
             "store_synchronous": "NORMAL",
         }
         values.update(overrides)
+        values.setdefault(
+            "auth_disabled", not (values.get("api_keys") or values.get("api_keys_file"))
+        )
         settings = Settings(**values)
         service = Service(settings, queues=settings.queue_map(), registry=CollectorRegistry())
         if printers is not None:

@@ -51,6 +51,7 @@ class ServiceProcess:
             "LOG_FORMAT": "json",
             "PRINT_DURATION": "0.2",
             "DATABASE_URL": f"sqlite:///{log_dir}/jobs.db",
+            "AUTH_DISABLED": "true",
             **env,
         }
         self.log_path = log_dir / f"{self.client_id}.log"
@@ -224,6 +225,7 @@ def test_an_unreachable_database_stops_the_start_with_a_clear_message(brokers: B
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/none",
             "STORE_OPEN_TIMEOUT": "1",
             "HTTP_PORT": "0",
+            "AUTH_DISABLED": "true",
             "MQTT_URL": brokers.mqtt_url,
             "AMQP_URL": brokers.amqp_url,
         },

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from service.core.access import AccessControl
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.models import (
     CancelPrintJob,
@@ -52,7 +53,7 @@ def a_decoder(
     return CommandDecoder(
         max_bytes=max_bytes,
         max_decompressed_bytes=max_decompressed_bytes,
-        api_keys=api_keys,
+        access=None if api_keys is None else AccessControl.plain(api_keys),
         new_id=lambda: GENERATED_ID,
     )
 
@@ -573,15 +574,21 @@ def test_an_api_key_in_the_envelope_is_accepted() -> None:
     accepted(inbound(body), a_decoder(api_keys=KEYS))
 
 
-@pytest.mark.parametrize("api_keys", [None, frozenset()], ids=["none", "empty"])
 @pytest.mark.parametrize("properties", [{}, {"x-api-key": "anything"}], ids=["no-key", "a-key"])
-def test_any_key_or_none_is_accepted_when_auth_is_disabled(
-    api_keys: frozenset[str] | None, properties: dict[str, str]
-) -> None:
-    decoder = a_decoder(api_keys=api_keys)
+def test_any_key_or_none_is_accepted_when_auth_is_disabled(properties: dict[str, str]) -> None:
+    decoder = a_decoder(api_keys=None)
 
     accepted(inbound(as_json(CREATE), properties=properties), decoder)
     assert decoder.auth_enabled is False
+
+
+@pytest.mark.parametrize("properties", [{}, {"x-api-key": "anything"}], ids=["no-key", "a-key"])
+def test_no_configured_key_refuses_every_command(properties: dict[str, str]) -> None:
+    # Fail closed: a keys file emptied to revoke every key lets nobody in.
+    decoder = a_decoder(api_keys=frozenset())
+
+    rejected(inbound(as_json(CREATE), properties=properties), RejectionReason.unauthorized, decoder)
+    assert decoder.auth_enabled is True
 
 
 def test_auth_is_enabled_by_configured_keys() -> None:

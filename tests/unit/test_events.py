@@ -265,7 +265,7 @@ def test_every_reason_can_be_sent(reason: RejectionReason) -> None:
 )
 def test_the_decoders_rejections_can_be_sent(payload: bytes, properties: dict[str, str]) -> None:
     decoder = CommandDecoder(
-        max_bytes=1024, max_decompressed_bytes=4096, api_keys=None, new_id=lambda: "generated"
+        max_bytes=1024, max_decompressed_bytes=4096, access=None, new_id=lambda: "generated"
     )
     rejection = decoder.decode(
         Inbound(topic=f"commands/{QUEUE}", payload=payload, properties=properties)

@@ -97,7 +97,7 @@ def a_handler(store: MemoryStore) -> tuple[CommandHandler, Metrics]:
         decoder=CommandDecoder(
             max_bytes=64 * 1024,
             max_decompressed_bytes=256 * 1024,
-            api_keys=None,
+            access=None,
             new_id=lambda: "generated-correlation-id",
         ),
         store=store,

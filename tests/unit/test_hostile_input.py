@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import re
 import zlib
@@ -28,6 +29,7 @@ from pamqp import body as pamqp_body
 from pamqp import commands, frame, header
 
 from service.adapters.amqp import REJECTIONS_EXCHANGE, amqp_message
+from service.core.access import AccessControl, KeyTable
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection, valid_queue_id
 from service.core.events import INVALID_QUEUE_ROUTE, REJECTION_ROUTE_PREFIX, Outgoing, job_event
 from service.core.events import rejection_event as build_rejection_event
@@ -273,12 +275,30 @@ def a_decoder(api_keys: frozenset[str] | None) -> CommandDecoder:
     return CommandDecoder(
         max_bytes=MAX_BYTES,
         max_decompressed_bytes=MAX_DECOMPRESSED,
-        api_keys=api_keys,
+        access=None if api_keys is None else AccessControl.plain(api_keys),
+        new_id=lambda: GENERATED_ID,
+    )
+
+
+def a_scoped_decoder() -> CommandDecoder:
+    """`key-one` may only read, on queues `q*`, one command a second: most commands that
+    carry it are `forbidden` or `rate_limited`, and those rejections must be good too."""
+    digest = hashlib.sha256(b"key-one").hexdigest()
+    table = KeyTable.from_toml(
+        f'[keys.one]\nsha256 = "{digest}"\nqueues = ["q*"]\nscopes = ["read:job"]\nrate = 1',
+        source="keys",
+    )
+    return CommandDecoder(
+        max_bytes=MAX_BYTES,
+        max_decompressed_bytes=MAX_DECOMPRESSED,
+        access=AccessControl(table, rate=1.0, burst=1),
         new_id=lambda: GENERATED_ID,
     )
 
 
 DECODERS: Final = st.sampled_from([a_decoder(None), a_decoder(API_KEYS)])
+# And one that also refuses for the key's scope, queues and rate.
+EVERY_DECODER: Final = st.sampled_from([a_decoder(None), a_decoder(API_KEYS), a_scoped_decoder()])
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -370,7 +390,7 @@ def assert_decodes_safely(decoder: CommandDecoder, inbound: Inbound) -> DecodedC
 
 
 @BOUNDED
-@given(decoder=DECODERS, inbound=inbounds())
+@given(decoder=EVERY_DECODER, inbound=inbounds())
 def test_any_inbound_decodes_to_a_command_or_a_publishable_rejection(
     decoder: CommandDecoder, inbound: Inbound
 ) -> None:
@@ -638,3 +658,29 @@ def test_the_huge_and_odd_numbers_are_json_errors_or_schema_errors() -> None:
     for text in ('{"jobId": "j", "copies": NaN, "userId": "u"}', '{"jobId": ' + "9" * 5000 + "}"):
         event = rejected(Inbound(topic="commands/q", payload=text.encode()))
         assert event.reason in {RejectionReason.invalid_json, RejectionReason.schema_violation}
+
+
+def test_forbidden_and_rate_limited_rejections_are_good() -> None:
+    decoder = a_scoped_decoder()
+    status = {"x-api-key": "key-one", "x-message-type": "getPrintJobStatus"}
+
+    def send(queue: str, properties: dict[str, str], at: float) -> DecodedCommand | Rejection:
+        payload = b'{"jobId": "job-1"}'
+        return decoder.decode(
+            Inbound(
+                topic=f"commands/{queue}", payload=payload, properties=properties, received_at=at
+            )
+        )
+
+    assert isinstance(send("q1", status, 100.0), DecodedCommand)
+    limited = send("q1", status, 100.5)
+    assert isinstance(limited, Rejection)
+    event = assert_good_rejection(limited)
+    assert (event.reason, event.retryAfter) == (RejectionReason.rate_limited, 0.5)
+    # Refused before its payload is read: nothing of the command is echoed.
+    assert (event.jobId, event.messageType) == (None, None)
+    forbidden = send("other", status, 200.0)
+    assert isinstance(forbidden, Rejection)
+    event = assert_good_rejection(forbidden)
+    assert (event.reason, event.retryAfter) == (RejectionReason.forbidden, None)
+    assert event.messageType == "getPrintJobStatus"
