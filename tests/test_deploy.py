@@ -22,9 +22,12 @@ import os
 import re
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import uuid
@@ -32,13 +35,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.config import Settings
+from service.config import BrokerUrl, Settings
 from tests.conftest import Brokers
 from tests.integration.brokers import free_port
 
@@ -47,11 +51,11 @@ K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 
 # Variables the ConfigMap sets ahead of the code that reads them.
-PENDING_SETTINGS = {"MQTT_SHARED_GROUP"}
+PENDING_SETTINGS = {"MQTT_SHARED_GROUP", "API_KEYS_FILE"}
 
 
-def _load_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("k8s_check", K8S / "check.py")
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -60,7 +64,8 @@ def _load_check() -> ModuleType:
     return module
 
 
-check = _load_check()
+check = _load("k8s_check", K8S / "check.py")
+make_env = _load("compose_make_env", ROOT / "deploy" / "compose" / "make_env.py")
 TARGETS: tuple[str, ...] = check.TARGETS
 
 
@@ -123,7 +128,8 @@ def test_deployment_probes_security_and_client_id(rendered, target):
     env = {e["name"]: e for e in container["env"]}
     assert env["MQTT_CLIENT_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert {"configMapRef": {"name": "print-service"}} in container["envFrom"]
-    assert {"secretRef": {"name": "print-service"}} in container["envFrom"]
+    # Credentials by secretKeyRef only (test_no_tree_carries_a_credential_or_turns_auth_off).
+    assert container["envFrom"] == [{"configMapRef": {"name": "print-service"}}]
     assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
         "topology.kubernetes.io/zone",
         "kubernetes.io/hostname",
@@ -171,22 +177,191 @@ def test_base_hpa_scales_on_cpu(rendered):
     assert metric["resource"]["target"]["averageUtilization"] == 70
 
 
-def test_configmap_and_secret_hold_valid_settings(rendered, monkeypatch):
-    """Every key is a variable the service reads, and together they configure it."""
-    docs = rendered["overlays/dev"]
-    values = {**only(docs, "ConfigMap")["data"], **only(docs, "Secret")["stringData"]}
+def kubernetes_env(docs: list[dict[str, Any]], secret: dict[str, str]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps, then env
+    in order, $(NAME) expanded from what is defined so far, secretKeyRef from `secret`."""
+    container = container_of(docs)
+    config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        env.update(config_maps[source["configMapRef"]["name"]])
+    for entry in container["env"]:
+        if "value" in entry:
+            env[entry["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), entry["value"]
+            )
+        elif ref := entry["valueFrom"].get("secretKeyRef"):
+            assert ref["name"] == "print-service"
+            env[entry["name"]] = secret[ref["key"]]
+    return env
+
+
+# What the README tells the operator to put into the Secret print-service.
+OPERATOR_SECRET = {
+    "mqtt-username": "print-service",
+    "mqtt-password": quote("m/q:t@t%", safe=""),
+    "amqp-username": "print-service",
+    "amqp-password": quote("a m#q?p", safe=""),
+    "database-username": "print",
+    "database-password": quote("d&b=1", safe=""),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_configmap_and_operator_secret_make_valid_settings(rendered, target, monkeypatch, tmp_path):
+    """Every ConfigMap key is a variable the service reads, and with the Secret the README
+    documents they configure it: TLS to every peer, credentials from the Secret."""
+    docs = rendered[target]
     known = {name.upper() for name in Settings.model_fields} | PENDING_SETTINGS
-    assert set(values) <= known, f"unknown variables: {set(values) - known}"
+    assert set(only(docs, "ConfigMap")["data"]) <= known
+    values = kubernetes_env(docs, OPERATOR_SECRET)
+    # The mounted files, here: the CA (ConfigMap print-service-ca), the keys (a Secret).
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "api-keys.toml").write_text(make_env.api_keys_toml("a-key"))
     for name in list(os.environ):
         if name.lower() in Settings.model_fields:
             monkeypatch.delenv(name)
     for name, value in values.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.replace("/etc/print-service/", f"{tmp_path}/"))
     monkeypatch.setenv("MQTT_CLIENT_ID", "print-service-6d5f7c9b8-x2x7k")
     settings = Settings.from_env()
-    assert settings.database_url.startswith("postgresql://")
+    assert (settings.mqtt.tls, settings.mqtt.port, settings.mqtt.password) == (
+        True,
+        8883,
+        "m/q:t@t%",
+    )
+    amqp = BrokerUrl(settings.amqp_url, schemes=("amqp", "amqps"))
+    assert (amqp.tls, amqp.port, amqp.password) == (True, 5671, "a m#q?p")
+    assert settings.mqtt_ca_file == settings.amqp_ca_file == tmp_path / "ca" / "ca.crt"
+    assert settings.database_url.startswith("postgresql://print:d%26b%3D1@")
+    assert "sslmode=verify-full" in settings.database_url
+    assert f"sslrootcert={tmp_path}/ca/ca.crt" in settings.database_url
     assert settings.shutdown_timeout == 20
-    assert len(settings.api_keys) == 2
+    assert not settings.api_keys
+    assert values["API_KEYS_FILE"] == "/etc/print-service/keys/api-keys.toml"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_tree_carries_a_credential_or_turns_auth_off(rendered, target):
+    docs = rendered[target]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    text = json.dumps(docs)
+    assert not check._LITERAL_PASSWORD.search(text), "a password written out"
+    assert "AUTH_DISABLED" not in text
+    assert '"API_KEYS"' not in text
+    container = container_of(docs)
+    assert "secretRef" not in json.dumps(container["envFrom"]), "only named keys, by secretKeyRef"
+    from_secret = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert {ref["key"] for ref in from_secret.values()} == set(OPERATOR_SECRET)
+    assert all(ref["name"] == "print-service" for ref in from_secret.values())
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == "print-service-api-keys"
+    assert "optional" not in volumes["api-keys"]["secret"], "no keys, no pod: fail closed"
+    assert volumes["ca"]["configMap"]["name"] == "print-service-ca"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["api-keys"] == {
+        "name": "api-keys",
+        "mountPath": "/etc/print-service/keys",
+        "readOnly": True,
+    }, "a directory, not a subPath: the kubelet's updates must reach the file"
+
+
+def test_production_speaks_tls_to_every_peer(rendered):
+    docs = rendered["overlays/production"]
+    values = kubernetes_env(docs, OPERATOR_SECRET)
+    assert values["MQTT_URL"].startswith("mqtts://print-service:")
+    assert values["MQTT_URL"].endswith(":8883")
+    assert values["AMQP_URL"].startswith("amqps://print-service:")
+    assert values["AMQP_URL"].endswith(":5671/")
+    query = values["DATABASE_URL"].partition("?")[2].split("&")
+    assert "sslmode=verify-full" in query
+    assert "sslrootcert=/etc/print-service/ca/ca.crt" in query
+    assert values["MQTT_CA_FILE"] == values["AMQP_CA_FILE"] == "/etc/print-service/ca/ca.crt"
+    egress = only(docs, "NetworkPolicy")["spec"]["egress"]
+    ports = {p["port"] for rule in egress for p in rule.get("ports", [])}
+    assert {8883, 5671} <= ports
+    assert not {1883, 5672} & ports, "plain MQTT and AMQP must not leave the pod"
+
+
+def test_secrets_checks_are_not_vacuous(rendered):
+    """Each secrets rule of check.py fails the tree that breaks it."""
+    original = rendered["overlays/production"]
+
+    def problems_after(edit: Any) -> str:
+        docs = json.loads(json.dumps(original))
+        edit(docs)
+        return "\n".join(check.check_policies(docs))
+
+    def env_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {e["name"]: e for e in container_of_all(docs)["env"]}
+
+    def set_value(name: str, value: str) -> Any:
+        return lambda docs: env_of(docs)[name].update(value=value)
+
+    assert problems_after(lambda _docs: None) == ""
+    plain = set_value("MQTT_URL", "mqtt://$(MQTT_USERNAME):$(MQTT_PASSWORD)@mosquitto:1883")
+    assert "MQTT_URL must be mqtts://" in problems_after(plain)
+    assert "AMQP_URL must be amqps://" in problems_after(
+        set_value("AMQP_URL", "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@rabbitmq:5672/")
+    )
+    require = set_value(
+        "DATABASE_URL", "postgresql://$(DATABASE_USERNAME)@db/print?sslmode=require"
+    )
+    assert "sslmode=verify-full" in problems_after(require)
+    literal = set_value("MQTT_URL", "mqtts://print-service:hunter2@mosquitto:8883")
+    assert "MQTT_URL holds a password" in problems_after(literal)
+    typo = set_value("MQTT_URL", "mqtts://$(MQTT_USERNAME):$(MQTT_PASSWRD)@mosquitto:8883")
+    assert "uses $(MQTT_PASSWRD), not defined above it" in problems_after(typo)
+    assert "AUTH_DISABLED is set" in problems_after(
+        lambda docs: only(docs, "ConfigMap")["data"].update(AUTH_DISABLED="true")
+    )
+    assert "API_KEYS is set" in problems_after(
+        lambda docs: container_of_all(docs)["env"].append({"name": "API_KEYS", "value": "k"})
+    )
+    assert "Secret 'print-service' is in the tree" in problems_after(
+        lambda docs: docs.append(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "print-service"}}
+        )
+    )
+
+    def keys_from_config_map(docs: list[dict[str, Any]]) -> None:
+        pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+        volume.pop("secret")
+        volume["configMap"] = {"name": "print-service-api-keys"}
+
+    assert "API_KEYS_FILE must be a file of a mounted Secret" in problems_after(
+        keys_from_config_map
+    )
+
+    def sub_path(docs: list[dict[str, Any]]) -> None:
+        [mount] = [m for m in container_of_all(docs)["volumeMounts"] if m["name"] == "api-keys"]
+        mount.update(mountPath="/etc/print-service/keys/api-keys.toml", subPath="api-keys.toml")
+
+    assert "a subPath is never updated" in problems_after(sub_path)
+    assert "is not on a mounted volume" in problems_after(
+        lambda docs: only(docs, "ConfigMap")["data"].update(MQTT_CA_FILE="/etc/ssl/ca.crt")
+    )
+
+    def plain_port(docs: list[dict[str, Any]]) -> None:
+        only(docs, "NetworkPolicy")["spec"]["egress"][1]["ports"].append({"port": 1883})
+
+    assert "plain broker port 1883" in problems_after(plain_port)
+
+
+def container_of_all(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The container itself (not a copy), for tests that edit it."""
+    containers: list[dict[str, Any]] = only(docs, "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return containers[0]
 
 
 def test_checks_are_not_vacuous(rendered):
@@ -272,8 +447,8 @@ def test_compose_stack():
     client_ids = {s["environment"]["MQTT_CLIENT_ID"] for s in replicas.values()}
     assert len(client_ids) == 2, "each replica needs its own MQTT_CLIENT_ID"
     for replica in replicas.values():
-        assert replica["environment"]["DATABASE_URL"].startswith("postgresql://")
-        assert replica["environment"]["DATABASE_URL"].endswith("@postgres:5432/print")
+        # The URLs carry passwords: from .env (test_make_env_writes_what_compose_needs).
+        assert replica["environment"]["DATABASE_URL"].startswith("${PRINT_DATABASE_URL:?")
         assert replica["environment"]["MQTT_SHARED_GROUP"] == "print-service"
         for dependency in ("mosquitto", "rabbitmq", "postgres"):
             assert replica["depends_on"][dependency] == {"condition": "service_healthy"}
@@ -290,14 +465,199 @@ def test_compose_stack():
         if volume.startswith("./")
     }
     assert mounts["./deploy/mosquitto/mosquitto.conf"] == "/mosquitto/config/mosquitto.conf"
-    assert mounts["./deploy/rabbitmq/definitions.json"] == "/etc/rabbitmq/definitions.json"
+    assert (
+        mounts["./deploy/rabbitmq/definitions.json"]
+        == "/etc/rabbitmq/definitions.d/10-topology.json"
+    )
     assert mounts["./deploy/rabbitmq/rabbitmq.conf"] == "/etc/rabbitmq/rabbitmq.conf"
-    for host_path in mounts:
+    # Committed files exist; generated directories are git-ignored (make_env.py fills them).
+    generated = {host for host in mounts if git_ignored(host)}
+    assert generated == {
+        "./deploy/compose/secrets/keys",
+        "./deploy/mosquitto/credentials",
+        "./deploy/rabbitmq/generated",
+    }
+    for host_path in mounts.keys() - generated:
         assert (ROOT / host_path).is_file(), host_path
     printer = services["ippeveprinter"]["build"]
     printer_file = (ROOT / printer["context"] / printer["dockerfile"]).read_text()
     assert "FROM debian:bookworm-slim" in printer_file
     assert "ippeveprinter -r off -f application/pdf,image/pwg-raster -p 8631" in printer_file
+
+
+def git_ignored(path: str) -> bool:
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", path.removeprefix("./") + "/"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return services
+
+
+def test_compose_publishes_every_port_on_loopback_only():
+    published = [
+        (name, str(port)) for name, s in compose_services().items() for port in s.get("ports", [])
+    ]
+    assert len(published) == 7  # MQTT, AMQP, management, PostgreSQL, 2 replicas, printer
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+        assert port.count(":") == 2, f"{name}: {port} is not host address:host port:port"
+
+
+def compose_variables(text: str) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):\?[^}]+\}", text))
+
+
+def test_compose_has_no_credentials_and_checks_api_keys():
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert not check._LITERAL_PASSWORD.search(text), "a password written out"
+    assert "guest" not in text
+    assert "AUTH_DISABLED" not in text
+    assert "API_KEYS:" not in text
+    services = compose_services()
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key or "_URL" in key:
+                # Only a `${NAME:?message}` from .env: compose stops when it is missing.
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (name, key, value)
+    assert compose_variables(text) == {
+        "POSTGRES_PASSWORD",
+        "PRINT_DATABASE_URL",
+        "PRINT_MQTT_URL",
+        "PRINT_AMQP_URL",
+    }
+    for replica in (s for s in services.values() if s.get("build") == "."):
+        keys_file = Path(replica["environment"]["API_KEYS_FILE"])
+        assert f"./deploy/compose/secrets/keys:{keys_file.parent}:ro" in replica["volumes"]
+
+
+def fake_generator(path: Path, passwords: dict[str, str]) -> None:
+    """A broker's generator as make_env.py runs it: `--out DIR`, credentials.json there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "import json, pathlib, sys\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n"
+        "out.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'args.json').write_text(json.dumps(sys.argv[1:]))\n"
+        f"(out / 'credentials.json').write_text(json.dumps({passwords!r}))\n"
+    )
+
+
+def test_make_env_writes_what_compose_needs(tmp_path):
+    mqtt = {"print-service": "mq/tt:p@ss%", "example-tenant": "tenant-mqtt"}
+    amqp = {"print-service": "am qp#?", "example-tenant": "tenant-amqp"}
+    fake_generator(tmp_path / "deploy/mosquitto/make_credentials.py", mqtt)
+    fake_generator(tmp_path / "deploy/rabbitmq/make_users.py", amqp)
+    assert make_env.main([], root=tmp_path) == 0
+
+    env_file = tmp_path / ".env"
+    secrets_dir = tmp_path / "deploy/compose/secrets"
+    modes = {
+        path: stat.S_IMODE(path.stat().st_mode)
+        for path in (
+            env_file,
+            secrets_dir,
+            secrets_dir / "api-key",
+            secrets_dir / "client.env",
+            secrets_dir / "keys/api-keys.toml",
+        )
+    }
+    assert modes == {
+        env_file: 0o600,
+        secrets_dir: 0o700,
+        secrets_dir / "api-key": 0o600,
+        secrets_dir / "client.env": 0o600,
+        # Digests only, read by the container's own user through the mount.
+        secrets_dir / "keys/api-keys.toml": 0o644,
+    }
+    env = make_env.parse_env(env_file.read_text())
+    assert set(env) == compose_variables((ROOT / "docker-compose.yml").read_text())
+    service_mqtt = BrokerUrl(env["PRINT_MQTT_URL"], schemes=("mqtt", "mqtts"))
+    assert (service_mqtt.host, service_mqtt.port) == ("mosquitto", 1883)
+    assert (service_mqtt.username, service_mqtt.password) == ("print-service", "mq/tt:p@ss%")
+    service_amqp = BrokerUrl(env["PRINT_AMQP_URL"], schemes=("amqp", "amqps"))
+    assert (service_amqp.username, service_amqp.password) == ("print-service", "am qp#?")
+    assert env["PRINT_DATABASE_URL"] == (
+        f"postgresql://print:{quote(env['POSTGRES_PASSWORD'], safe='')}@postgres:5432/print"
+    )
+    assert len(env["POSTGRES_PASSWORD"]) >= 32
+    rabbit_args = json.loads((tmp_path / "deploy/rabbitmq/generated/args.json").read_text())
+    assert rabbit_args[-2:] == ["--tenant", "example-tenant"]
+
+    key = (secrets_dir / "api-key").read_text().strip()
+    assert len(key) >= 40
+    keys = tomllib.loads((secrets_dir / "keys/api-keys.toml").read_text())
+    assert keys == {
+        "keys": {
+            "local": {
+                "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                "queues": ["*"],
+                "scopes": ["write:job", "read:job"],
+            }
+        }
+    }
+    client = make_env.parse_env((secrets_dir / "client.env").read_text())
+    assert client["PRINT_API_KEY"] == key
+    client_mqtt = BrokerUrl(client["MQTT_URL"], schemes=("mqtt", "mqtts"))
+    assert (client_mqtt.host, client_mqtt.username) == ("127.0.0.1", "example-tenant")
+    assert client_mqtt.password == mqtt["example-tenant"]
+    # sh reads client.env the way parse_env does (single quotes: literal).
+    sourced = subprocess.run(
+        ["sh", "-c", f'set -a; . "{secrets_dir}/client.env"; printf %s "$PRINT_API_KEY"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert sourced.stdout == key
+
+    # Run again: nothing rotates (a PostgreSQL volume keeps its first password).
+    before = {p: p.read_text() for p in modes if p.is_file()}
+    assert make_env.main([], root=tmp_path) == 0
+    after = {p: p.read_text() for p in before}
+    assert make_env.parse_env(after[env_file]) == env
+    assert after[secrets_dir / "api-key"] == before[secrets_dir / "api-key"]
+
+
+def test_make_env_stops_without_the_brokers_generators(tmp_path):
+    with pytest.raises(SystemExit, match=r"make_credentials\.py is missing"):
+        make_env.main([], root=tmp_path)
+    fake_generator(tmp_path / "deploy/mosquitto/make_credentials.py", {"print-service": "p"})
+    fake_generator(tmp_path / "deploy/rabbitmq/make_users.py", {"print-service": "p"})
+    with pytest.raises(SystemExit, match="made no user \\['example-tenant'\\]"):
+        make_env.main([], root=tmp_path)
+    assert not (tmp_path / ".env").exists()
+
+
+def test_env_files_are_literal_and_refuse_what_would_not_be():
+    text = make_env.render_env({"A": '$HOME `x` \\ "q"', "B": ""}, header="h")
+    assert make_env.parse_env(text) == {"A": '$HOME `x` \\ "q"', "B": ""}
+    for bad in ("it's", "two\nlines"):
+        with pytest.raises(ValueError, match="quote or a line break"):
+            make_env.render_env({"A": bad}, header="h")
+
+
+def test_mosquitto_healthcheck_sees_a_listening_port():
+    """The compose healthcheck (no MQTT login, so no password on a command line), run here
+    on a port of ours: true while something listens on it, false once it is closed."""
+    command = compose_services()["mosquitto"]["healthcheck"]["test"]
+    assert command[0] == "CMD-SHELL"
+    script = command[1].replace("$$", "$")
+    assert ":075B$" in script  # 1883
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        ours = script.replace(":075B$", f":{port:04X}$")
+        assert subprocess.run(["sh", "-c", ours], timeout=30, check=False).returncode == 0
+    assert subprocess.run(["sh", "-c", ours], timeout=30, check=False).returncode != 0
 
 
 # --- Dockerfile ---------------------------------------------------------------------------

@@ -29,7 +29,12 @@ package bundles, in strict mode (an unknown field fails), for every version in
 KUBERNETES_VERSIONS; the CRDs we use (ServiceMonitor, ScaledObject) against the minimal
 schemas in deploy/k8s/schemas/. Then what no schema sees: selectors that match the pods,
 probes on the right paths and ports, the restricted security context, MQTT_CLIENT_ID from the
-pod name, a termination grace that covers the drain, one autoscaler per Deployment.
+pod name, a termination grace that covers the drain, one autoscaler per Deployment; and the
+secrets rules: no Secret and no credential in any tree (credentials come from Secrets the
+operator creates, through secretKeyRef), every $(NAME) defined before its use, TLS to both
+brokers and PostgreSQL (mqtts, amqps, sslmode=verify-full, the CA files mounted), the API
+keys file mounted from a Secret, AUTH_DISABLED and API_KEYS never set, no plain broker port
+open in the NetworkPolicy.
 """
 
 from __future__ import annotations
@@ -411,6 +416,7 @@ def check_policies(docs: list[Doc]) -> list[str]:
     problems += _check_probes(container, ports)
     problems += _check_security(pod_spec, container)
     problems += _check_env(container, docs)
+    problems += _check_secrets(pod_spec, container, docs)
     problems += _check_grace(pod_spec, container, docs)
     problems += _check_resources(container.get("resources", {}))
 
@@ -530,6 +536,119 @@ def _check_env(container: Doc, docs: list[Doc]) -> list[str]:
             problems.append(f"envFrom ConfigMap {ref['name']!r} is not rendered")
         # A Secret may be created outside the tree (the production overlay does that).
     return problems
+
+
+# A URL with a password written out: `scheme://user:password@`, where the password is not
+# a $(NAME) reference that Kubernetes fills in from a secretKeyRef.
+_LITERAL_PASSWORD: Final = re.compile(r"://[^/@\s]*:(?!\$\([A-Za-z_][A-Za-z0-9_]*\)@)[^/@\s]+@")
+_REFERENCE: Final = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+# Variables that must never be set in a tree: AUTH_DISABLED turns key checks off, API_KEYS
+# holds plain keys (the tree mounts the digests of API_KEYS_FILE from a Secret instead).
+_FORBIDDEN_VARIABLES: Final = frozenset({"AUTH_DISABLED", "API_KEYS"})
+_PLAIN_BROKER_PORTS: Final = frozenset({1883, 5672})
+
+
+def _environment(container: Doc, docs: list[Doc]) -> tuple[dict[str, str], list[Doc]]:
+    """The container's variables with a literal value (ConfigMaps of envFrom, then env, as
+    Kubernetes orders them), and its env entries."""
+    config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    values: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if ref := source.get("configMapRef"):
+            values.update(config_maps.get(ref["name"], {}).get("data", {}))
+    env: list[Doc] = container.get("env", [])
+    values.update({e["name"]: str(e["value"]) for e in env if "value" in e})
+    return values, env
+
+
+def _check_secrets(pod_spec: Doc, container: Doc, docs: list[Doc]) -> list[str]:
+    """No credential in the tree, TLS everywhere, API keys from a Secret, auth never off."""
+    problems = [
+        f"Secret {d['metadata']['name']!r} is in the tree: the operator creates Secrets"
+        for d in docs
+        if d["kind"] == "Secret"
+    ]
+    values, env = _environment(container, docs)
+    # In any ConfigMap (referenced or not) and in env, whatever the value's source.
+    set_anywhere = {e["name"] for e in env}
+    for config_map in (d for d in docs if d["kind"] == "ConfigMap"):
+        set_anywhere |= set(config_map.get("data", {}))
+    problems += [
+        f"{name} is set: never (auth stays on; the keys come from API_KEYS_FILE)"
+        for name in sorted(_FORBIDDEN_VARIABLES & set_anywhere)
+    ]
+    problems += [
+        f"{name} holds a password: take it from a Secret (secretKeyRef) as $(NAME)"
+        for name, value in values.items()
+        if _LITERAL_PASSWORD.search(value) or ("PASSWORD" in name and value)
+    ]
+    # A $(NAME) that nothing defined above it is left as it is: a silent wrong URL.
+    defined = set(values) - {e["name"] for e in env}  # the ConfigMaps' variables
+    for entry in env:
+        for name in _REFERENCE.findall(str(entry.get("value", ""))):
+            if name not in defined:
+                problems.append(f"{entry['name']} uses $({name}), not defined above it")
+        defined.add(entry["name"])
+    return problems + _check_tls_and_keys(values, _mounted_volumes(pod_spec, container), docs)
+
+
+def _check_tls_and_keys(
+    values: Mapping[str, str], mounts: Mapping[str, Doc], docs: list[Doc]
+) -> list[str]:
+    """TLS to both brokers and PostgreSQL with mounted CA files, the keys from a Secret."""
+    problems = []
+    for name, scheme in (("MQTT_URL", "mqtts://"), ("AMQP_URL", "amqps://")):
+        if not values.get(name, "").startswith(scheme):
+            problems.append(f"{name} must be {scheme} (TLS), not {values.get(name)!r}")
+    problems += [
+        f"{name} {values.get(name)!r} is not on a mounted volume"
+        for name in ("MQTT_CA_FILE", "AMQP_CA_FILE")
+        if _volume_of(values.get(name), mounts) is None
+    ]
+    query = dict(
+        part.split("=", 1)
+        for part in values.get("DATABASE_URL", "").partition("?")[2].split("&")
+        if "=" in part
+    )
+    if query.get("sslmode") != "verify-full":
+        problems.append("DATABASE_URL must say sslmode=verify-full")
+    if _volume_of(query.get("sslrootcert"), mounts) is None:
+        problems.append("DATABASE_URL's sslrootcert is not on a mounted volume")
+    keys_volume = _volume_of(values.get("API_KEYS_FILE"), mounts)
+    if keys_volume is None or "secret" not in keys_volume:
+        problems.append("API_KEYS_FILE must be a file of a mounted Secret")
+    elif "subPath" in keys_volume:
+        problems.append("mount API_KEYS_FILE's Secret as a directory (a subPath is never updated)")
+
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            open_ports = {p.get("port") for p in rule.get("ports", [])}
+            problems += [
+                f"NetworkPolicy lets out plain broker port {port}: TLS ports only"
+                for port in sorted(_PLAIN_BROKER_PORTS & open_ports)
+            ]
+    return problems
+
+
+def _mounted_volumes(pod_spec: Doc, container: Doc) -> dict[str, Doc]:
+    """mountPath -> the volume mounted there (with the mount's subPath, if any)."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    return {
+        m["mountPath"]: {
+            **volumes.get(m["name"], {}),
+            **({"subPath": m["subPath"]} if "subPath" in m else {}),
+        }
+        for m in container.get("volumeMounts", [])
+    }
+
+
+def _volume_of(path: str | None, mounts: Mapping[str, Doc]) -> Doc | None:
+    if not path:
+        return None
+    for mount_path, volume in mounts.items():
+        if path == mount_path or path.startswith(mount_path.rstrip("/") + "/"):
+            return volume
+    return None
 
 
 def _check_grace(pod_spec: Doc, container: Doc, docs: list[Doc]) -> list[str]:

@@ -6,6 +6,9 @@
     print-service status JOB             ask for a job's current status
     print-service watch JOB              print a job's status, then every event until it ends
 
+The client commands send the API key of PRINT_API_KEY or of `--api-key-file PATH`, never
+one given on the command line (service/cli/apikey.py says why).
+
 The client commands publish on MQTT and listen on AMQP exactly as any integrator would:
 a private queue bound to `events/<jobId>` (and to the rejections of the queue), created
 before the command is published so that no event is missed.
@@ -19,6 +22,7 @@ import base64
 import gzip
 import json
 import mimetypes
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -29,6 +33,7 @@ from typing import Any
 import aio_pika
 
 from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_body
+from service.cli.apikey import ENV_VAR, ApiKeyError, resolve_api_key
 from service.cli.mqtt import publish_command
 from service.config import ConfigError, Settings
 from service.core.events import EVENT_ROUTE_PREFIX, REJECTION_ROUTE_PREFIX
@@ -56,7 +61,14 @@ EXIT_FAILED = 5  # a background loop failed (a bug): the log says which, with it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "refused_api_key", None) is not None:
+        # Without repeating the key: it is exposed already, and should not reach a log too.
+        parser.error(
+            "--api-key is not accepted: the command line is visible to every user of the "
+            f"machine. Set {ENV_VAR} or use --api-key-file PATH (and consider the key exposed)"
+        )
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -66,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_service(settings)
     if args.command == "dead-letters":
         return _dead_letters(args, settings)
-    return asyncio.run(_client_command(args, settings))
+    try:
+        api_key = resolve_api_key(key_file=args.api_key_file, environ=os.environ)
+    except ApiKeyError as exc:
+        print(f"print-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(_client_command(args, settings, api_key=api_key))
 
 
 def _run_service(settings: Settings) -> int:
@@ -130,9 +147,20 @@ def _parser() -> argparse.ArgumentParser:
     letters.add_argument("--json", action="store_true", help="one JSON object a line")
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+        # No abbreviations: `--api-key SECRET` must not be taken for `--api-key-file SECRET`.
+        p = sub.add_parser(name, help=help_text, allow_abbrev=False)
         p.add_argument("--queue", default="default", help="queueId (topic commands/<queue>)")
-        p.add_argument("--api-key", help="sent as x-api-key")
+        p.add_argument(
+            "--api-key-file",
+            type=Path,
+            metavar="PATH",
+            help=f"send as x-api-key the first line of PATH (chmod 600, or a pipe); "
+            f"default: ${ENV_VAR}. Never on the command line: argv is public",
+        )
+        # Refused after parsing (main), with an explanation rather than "unrecognized".
+        p.add_argument(
+            "--api-key", nargs="?", const="", dest="refused_api_key", help=argparse.SUPPRESS
+        )
         p.add_argument("--correlation-id", help="sent as x-correlation-id (default: a new UUID)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for events")
         p.add_argument("--json", action="store_true", help="print events as JSON lines")
@@ -174,7 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
+async def _client_command(
+    args: argparse.Namespace, settings: Settings, *, api_key: str | None
+) -> int:
     correlation_id = args.correlation_id or str(uuid.uuid4())
     message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus
     if args.command == "submit":
@@ -195,7 +225,7 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
         rejections = await channel.get_exchange(REJECTIONS_EXCHANGE)
         await queue.bind(events, EVENT_ROUTE_PREFIX + job_id)
         await queue.bind(rejections, REJECTION_ROUTE_PREFIX + args.queue)
-        await _publish(settings, args, message, message_type, correlation_id)
+        await _publish(settings, args, message, message_type, correlation_id, api_key=api_key)
         print(f"sent {message_type.value} job={job_id} correlation={correlation_id}")
         if args.command == "submit" and args.no_follow:
             return EXIT_OK
@@ -248,10 +278,12 @@ async def _publish(
     message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus,
     message_type: MessageType,
     correlation_id: str,
+    *,
+    api_key: str | None,
 ) -> None:
     headers = {"x-message-type": message_type.value, "x-correlation-id": correlation_id}
-    if args.api_key:
-        headers["x-api-key"] = args.api_key
+    if api_key:
+        headers["x-api-key"] = api_key
     body: dict[str, Any] = message.model_dump(mode="json", exclude_none=True)
     v5 = args.mqtt_version == "5"
     if v5:
