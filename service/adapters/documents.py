@@ -91,7 +91,8 @@ class DocumentFetcher:
         try:
             return await self._fetch(url)
         except _FetchError as exc:
-            log.warning("document_unavailable", url=redacted_url(url), detail=str(exc))
+            detail = capped(str(exc), _DETAIL_MAX_BYTES * 3)
+            log.warning("document_unavailable", url=redacted_url(url), detail=detail)
             raise DocumentUnavailable(REASON) from None
 
     async def _fetch(self, url: str) -> SpooledDocument:
@@ -121,9 +122,9 @@ class DocumentFetcher:
         addresses when it connects; credentials go only to the URL's own origin."""
         url, what = first, "the URL"
         for hop in range(self._max_redirects + 1):
-            credentials = first.userinfo if _same_origin(url, first) else b""
+            authorization = _basic_auth(first) if _same_origin(url, first) else None
             try:
-                location = await self._get(url, credentials, spool)
+                location = await self._get(url, authorization, spool)
             except AddressRefused as exc:
                 raise _FetchError(f"{what} ({redacted_url(str(url))}): refused, {exc}") from exc
             if location is None:
@@ -138,11 +139,11 @@ class DocumentFetcher:
             url = _checked_url(str(target), what=what)
         raise _FetchError(f"more than {self._max_redirects} redirects")
 
-    async def _get(self, url: httpx.URL, credentials: bytes, spool: Spool) -> str | None:
+    async def _get(self, url: httpx.URL, authorization: bytes | None, spool: Spool) -> str | None:
         """The document at `url` into `spool`; or where it redirects to (nothing spooled)."""
         headers = [(b"Host", url.netloc), (b"Accept-Encoding", b"identity")]
-        if credentials:
-            headers.append((b"Authorization", b"Basic " + base64.b64encode(credentials)))
+        if authorization is not None:
+            headers.append((b"Authorization", authorization))
         request = httpcore.URL(
             scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
         )
@@ -206,6 +207,14 @@ def _checked_url(url: str, *, what: str) -> httpx.URL:
     if not parsed.raw_host:
         raise _FetchError(f"{what}: no host")
     return parsed.copy_with(fragment=None)
+
+
+def _basic_auth(url: httpx.URL) -> bytes | None:
+    """The Authorization header for the URL's own credentials (as httpx would send it)."""
+    if not url.userinfo:
+        return None
+    credentials = f"{url.username}:{url.password}".encode()
+    return b"Basic " + base64.b64encode(credentials)
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:

@@ -12,9 +12,12 @@ failed to refuse.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -318,7 +321,8 @@ async def test_an_allowed_host_is_fetched_with_its_credentials_across_a_same_ori
     assert b"".join([chunk async for chunk in document.chunks()]) == PDF
     document.close()
     assert [a.path for a in allowed.asked] == [f"/moved?token={SECRETS[1]}", "/doc.pdf"]
-    assert all(a.headers["authorization"].startswith("Basic ") for a in allowed.asked)
+    basic = "Basic " + base64.b64encode(f"user:{SECRETS[0]}".encode()).decode()
+    assert [a.headers["authorization"] for a in allowed.asked] == [basic, basic]
     assert {a.headers["host"] for a in allowed.asked} == {f"127.0.0.2:{allowed.port}"}
     assert set(connects) == {"127.0.0.2"}
     assert logs == []
@@ -446,3 +450,56 @@ async def test_a_refused_document_fails_its_job_for_a_generic_reason_with_the_de
     everything = json.dumps([r.body for r in seen]) + json.dumps(logs, default=str)
     for secret in SECRETS:
         assert secret not in everything
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for docs.test, made for the test: (certificate, key)."""
+    cert, key = tmp_path / "docs.crt", tmp_path / "docs.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=docs.test", "-addext", "subjectAltName=DNS:docs.test"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_verifies_the_name_while_connecting_to_the_checked_address(
+    tmp_path: Path,
+    names: Names,
+    connects: list[str],
+    certificate: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the fetcher's trust store, read lazily
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    names.answers["docs.test"] = ["127.0.0.2"]
+    server = DocumentServer("127.0.0.2")
+    server.routes["/doc.pdf"] = (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(PDF)}\r\n\r\n".encode() + PDF
+    )
+    listening = await asyncio.start_server(server._serve, "127.0.0.2", 0, ssl=tls)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        fetch = fetcher(tmp_path, "docs.test", "127.0.0.2")
+        try:
+            document = await fetch.fetch(f"https://docs.test:{port}/doc.pdf")
+        finally:
+            await fetch.close()
+        # The same server by its address: the certificate does not name it, so no fetch.
+        line = await refusal(fetcher(tmp_path, "127.0.0.2"), f"https://127.0.0.2:{port}/doc.pdf")
+    finally:
+        listening.close()
+        await listening.wait_closed()
+
+    assert b"".join([chunk async for chunk in document.chunks()]) == PDF
+    document.close()
+    assert connects == ["127.0.0.2", "127.0.0.2"]
+    assert server.asked[0].headers["host"] == f"docs.test:{port}"
+    assert "CERTIFICATE_VERIFY_FAILED" in line["detail"]
