@@ -25,7 +25,7 @@ test: install  ## unit and integration tests (brokers: see README)
 lint: install  ## ruff and mypy strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service tests bench deploy/k8s/check.py deploy/mosquitto/make_credentials.py deploy/rabbitmq/make_users.py
+	$(BIN)/mypy service tests bench deploy/k8s/check.py deploy/mosquitto/make_credentials.py deploy/rabbitmq/make_users.py deploy/compose/make_env.py
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -91,6 +91,7 @@ class Service:
             max_bytes=settings.document_max_bytes,
             timeout=settings.document_fetch_timeout,
             spool_dir=settings.document_spool_dir,
+            allow_hosts=settings.document_allow_hosts,
         )
         self.dispatcher = PrintDispatcher(
             store=self.store,

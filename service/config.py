@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.access import AccessControl, KeyTable
+from service.core.addresses import AddressPolicy
 from service.core.queues import QueueConfigError, QueueMap
 
 __all__ = ["BrokerUrl", "ConfigError", "Settings"]
@@ -140,6 +141,9 @@ class Settings(BaseSettings):
     document_fetch_timeout: float = Field(default=30.0, gt=0)
     # Where documents fetched by URL are spooled while they print; unset: the system's.
     document_spool_dir: Path | None = None
+    # Host names (`docs.corp`, `*.corp`) and networks (`10.1.0.0/16`) documents may be fetched
+    # from although they are not public; everything else that is not public is refused.
+    document_allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # A job whose printing the service's stop interrupted this many times fails instead.
     print_max_interruptions: int = Field(default=3, ge=1, le=100)
 
@@ -160,6 +164,15 @@ class Settings(BaseSettings):
             # Each key once, in the order given.
             return tuple(dict.fromkeys(k for k in value if k))
         return value
+
+    @field_validator("document_allow_hosts", mode="before")
+    @classmethod
+    def _allow_list(cls, value: object) -> object:
+        entries = value.split(",") if isinstance(value, str) else value
+        if isinstance(entries, list | tuple | set | frozenset):
+            entries = tuple(str(e).strip() for e in entries if str(e).strip())
+            AddressPolicy.from_entries(entries)  # a ValueError names the bad entry
+        return entries
 
     @field_validator(
         "mqtt_ca_file",

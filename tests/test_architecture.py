@@ -30,7 +30,7 @@ CORE_MAY_IMPORT = frozenset(
     {"__future__", "collections", "dataclasses", "datetime", "enum", "functools", "heapq"}
     | {"itertools", "json", "math", "random", "re", "string", "typing", "uuid", "zlib"}
     | {"tomllib", "base64", "binascii", "hashlib", "hmac", "secrets", "unicodedata"}
-    | {"pathlib", "pydantic", "service"}
+    | {"ipaddress", "pathlib", "pydantic", "service"}
 )
 
 

@@ -17,14 +17,15 @@ import time
 import tracemalloc
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from structlog.testing import capture_logs
 
-from service.adapters.documents import DocumentFetcher
+from service.adapters.documents import REASON, DocumentFetcher
 from service.adapters.ipp.client import MAX_RESPONSE_BYTES
 from service.adapters.ipp.encoding import (
     Attribute,
@@ -505,25 +506,33 @@ def writing(raw: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
 DOCUMENT_CASES: Final[dict[str, tuple[Callable[[asyncio.StreamWriter], Awaitable[None]], str]]] = {
     "gzip bomb": (
         writing(document(BOMB, "Content-Encoding: gzip")),
-        "document server sent content-encoding 'gzip' though identity was asked for",
+        "the server sent content-encoding 'gzip' though identity was asked for",
     ),
     "declared too large": (
         writing(document(b"", length=2 * MiB)),
-        "is larger than DOCUMENT_MAX_BYTES (1048576)",
+        "larger than DOCUMENT_MAX_BYTES (1048576)",
     ),
     "a length of 5,000 digits": (
         writing(document(b"", length="9" * 5000)),
-        "document fetch failed: bad Content-Length",
+        "RemoteProtocolError: bad Content-Length",
     ),
-    "endless": (endless_document, "is larger than DOCUMENT_MAX_BYTES (1048576)"),
-    "trickle": (trickling_document, "document fetch timed out after 1 s"),
-    "cut short": (writing(document(PDF, length=len(PDF) + 10)), "document fetch failed"),
-    "not HTTP": (writing(b"HELLO\r\n\r\n"), "document fetch failed"),
+    "endless": (endless_document, "larger than DOCUMENT_MAX_BYTES (1048576)"),
+    "trickle": (trickling_document, "timed out after 1 s"),
+    "cut short": (writing(document(PDF, length=len(PDF) + 10)), "RemoteProtocolError"),
+    "not HTTP": (writing(b"HELLO\r\n\r\n"), "RemoteProtocolError"),
     "HTTP 404": (
         writing(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-        "document fetch failed: HTTP 404",
+        "HTTP 404 from http://127.0.0.1:",
     ),
 }
+# The document servers listen on loopback, which a fetch refuses unless allowed.
+LOOPBACK: Final = ("127.0.0.1",)
+
+
+def logged_detail(logs: list[MutableMapping[str, Any]]) -> str:
+    """What the fetcher logged of its failure (the job's reason is always `REASON`)."""
+    [line] = [entry for entry in logs if entry["event"] == "document_unavailable"]
+    return str(line["detail"])
 
 
 @pytest.mark.parametrize("case", DOCUMENT_CASES)
@@ -531,15 +540,20 @@ async def test_a_hostile_document_server_fails_the_fetch_and_leaves_no_spool_fil
     case: str, tmp_path: Path
 ):
     respond, says = DOCUMENT_CASES[case]
-    fetcher = DocumentFetcher(max_bytes=MiB, timeout=1.0, spool_dir=tmp_path)
+    fetcher = DocumentFetcher(max_bytes=MiB, timeout=1.0, spool_dir=tmp_path, allow_hosts=LOOPBACK)
     async with document_server(respond) as url:
         try:
-            with peak_allocated() as peak, pytest.raises(DocumentUnavailable) as raised:
+            with (
+                capture_logs() as logs,
+                peak_allocated() as peak,
+                pytest.raises(DocumentUnavailable) as raised,
+            ):
                 await fetcher.fetch(url)
         finally:
             await fetcher.close()
 
-    assert says in str(raised.value)
+    assert str(raised.value) == REASON
+    assert says in logged_detail(logs)
     assert peak[0] < 8 * MiB, f"{peak[0] / MiB:.1f} MiB allocated"
     assert open_files_in(tmp_path) == []
     assert names_in(tmp_path) == []
@@ -552,15 +566,20 @@ async def test_a_spool_disk_that_fails_fails_the_fetch_and_leaves_no_spool_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("service.adapters.spool._write_all", full)
-    fetcher = DocumentFetcher(max_bytes=4 * MiB, timeout=5.0, spool_dir=tmp_path)
+    fetcher = DocumentFetcher(
+        max_bytes=4 * MiB, timeout=5.0, spool_dir=tmp_path, allow_hosts=LOOPBACK
+    )
     async with document_server(writing(document(bytes(2 * MiB)))) as url:
         try:
-            with pytest.raises(DocumentUnavailable) as raised:
+            with capture_logs() as logs, pytest.raises(DocumentUnavailable) as raised:
                 await fetcher.fetch(url)
         finally:
             await fetcher.close()
 
-    assert str(raised.value) == "document could not be spooled: [Errno 28] No space left on device"
+    assert str(raised.value) == REASON
+    assert (
+        logged_detail(logs) == "document could not be spooled: [Errno 28] No space left on device"
+    )
     assert open_files_in(tmp_path) == []
 
 
@@ -579,7 +598,7 @@ async def test_a_fetched_document_is_spooled_asked_for_unencoded_and_freed_once_
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    fetcher = DocumentFetcher(max_bytes=MiB, timeout=5.0, spool_dir=tmp_path)
+    fetcher = DocumentFetcher(max_bytes=MiB, timeout=5.0, spool_dir=tmp_path, allow_hosts=LOOPBACK)
     try:
         fetched = await fetcher.fetch(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
     finally:
@@ -664,7 +683,7 @@ async def test_a_100_mb_document_by_url_prints_with_bounded_memory(
     spool.mkdir()
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/big.pdf"
-    fetcher = DocumentFetcher(max_bytes=size, timeout=120.0, spool_dir=spool)
+    fetcher = DocumentFetcher(max_bytes=size, timeout=120.0, spool_dir=spool, allow_hosts=LOOPBACK)
     printer = IppPrinter(name="big-printer", uri=ippeve.uri, timeout=10.0, poll_interval=0.1)
     try:
         with RssSampler() as rss:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from service.adapters.documents import REASON
 from service.app import Service
 from tests.integration.conftest import (
     Listener,
@@ -103,7 +105,8 @@ async def printing_service(
     **printer: Any,
 ) -> AsyncIterator[tuple[Service, Listener]]:
     path = queue_file(tmp_path, pools, **printer)
-    async with start_service(print_queues_file=path) as service:
+    # The document server listens on loopback, which a fetch refuses unless allowed.
+    async with start_service(print_queues_file=path, document_allow_hosts="127.0.0.1") as service:
         queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
         for queue_id in pools:
             await queue.bind("print.rejections", f"rejections/{queue_id}")
@@ -427,18 +430,23 @@ async def test_a_document_given_by_url_is_fetched_and_printed_and_a_missing_one_
         listener,
     ):
         found, missing = unique("url"), unique("missing")
-        for job_id, path in ((found, "/report.pdf"), (missing, "/absent.pdf")):
-            await listener.bind_job(job_id)
-            url = document_server + path
-            await publisher.create(
-                "office", job_id, document={"contentType": "application/pdf", "url": url}
-            )
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            for job_id, path in ((found, "/report.pdf"), (missing, "/absent.pdf")):
+                await listener.bind_job(job_id)
+                url = document_server + path
+                await publisher.create(
+                    "office", job_id, document={"contentType": "application/pdf", "url": url}
+                )
 
-        _, final = await until_final(listener, {found, missing})
+            _, final = await until_final(listener, {found, missing})
 
         assert final[found]["status"] == "finished"
         assert final[missing]["status"] == "failed"
-        assert "HTTP 404" in final[missing]["reason"]
+        # The job says only that its document could not be had; the log says why.
+        assert final[missing]["reason"] == REASON
+        [refusal] = [line for line in logs if line["event"] == "document_unavailable"]
+        assert refusal["job_id"] == missing
+        assert refusal["detail"] == f"HTTP 404 from {document_server}/absent.pdf"
         assert [job.document.read_bytes() for job in printer.jobs()] == [PDF]
 
 

@@ -281,8 +281,11 @@ class JobProgress:
         if document is None:
             data, content_type = InlineDocument(b""), "application/octet-stream"
         elif document.url is not None:
-            # Spooled to a file, not memory; the printer closes it when the print ends.
-            data, content_type = await self._documents.fetch(document.url), document.content_type
+            # Spooled to a file, not memory; the printer closes it when the print ends. The
+            # job id is bound for the fetcher's log line (its reason for the job is generic).
+            with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+                data = await self._documents.fetch(document.url)
+            content_type = document.content_type
         else:
             stored = await self._store.document(job.job_id)
             if stored is None:
