@@ -55,8 +55,9 @@ class RejectionReason(StrEnum):
     - `unauthorized`: the `x-api-key` header is missing, not a configured key, or the
       command carries two different keys (nothing else of the command is read);
     - `forbidden`: the key is valid, but may not send this command (it lacks the scope,
-      `write:job` for create, cancel and update, `read:job` for status and counts) or
-      to this queue;
+      `write:job` for create, cancel and update, `read:job` for status and counts), or
+      not to this queue, or may not create a job with this jobId (a tenant's key creates
+      only jobs whose ids begin with its prefix);
     - `rate_limited`: the key sent more commands than its rate allows; `retryAfter` says
       how long to wait before the next one is taken;
     - `unknown_job`: no job has that jobId on this queue (a job of another queue is

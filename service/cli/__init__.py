@@ -220,7 +220,9 @@ async def _client_command(
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        queue = await channel.declare_queue(
+            _events_queue_name(settings), exclusive=True, auto_delete=True
+        )
         events = await channel.get_exchange(EVENTS_EXCHANGE)
         rejections = await channel.get_exchange(REJECTIONS_EXCHANGE)
         await queue.bind(events, EVENT_ROUTE_PREFIX + job_id)
@@ -232,9 +234,26 @@ async def _client_command(
         return await _follow(queue, args, correlation_id)
 
 
+def _events_queue_name(settings: Settings) -> str:
+    """The CLI's own queue for the events it follows. A tenant of the shipped RabbitMQ
+    permissions (deploy/rabbitmq/make_users.py) may declare only queues `tenants/<user>/...`;
+    any other user gets a server-named one."""
+    user = settings.amqp.username
+    if user and user not in ("guest", "print-service"):
+        return f"tenants/{user}/cli.{uuid.uuid4()}"
+    return ""
+
+
+def _new_job_id(queue_id: str) -> str:
+    """A new jobId; on a tenant's queue (`<tenant>.<name>`) it begins with `<tenant>.`, as
+    the tenant's key and its AMQP permissions ask."""
+    tenant, dot, _ = queue_id.partition(".")
+    return f"{tenant}.{uuid.uuid4()}" if dot and tenant else str(uuid.uuid4())
+
+
 def _create(args: argparse.Namespace) -> CreatePrintJob:
     fields: dict[str, Any] = {
-        "jobId": args.job_id or str(uuid.uuid4()),
+        "jobId": args.job_id or _new_job_id(args.queue),
         "userId": args.user_id,
         "documentName": args.document_name,
         "priority": args.priority,

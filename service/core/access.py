@@ -14,6 +14,12 @@ The keys file (TOML, its path in `API_KEYS_FILE`):
     scopes = ["write:job", "read:job"]
     rate = 20                               # commands a second (default: API_KEY_RATE)
     burst = 40                              # at once, after a quiet spell (API_KEY_BURST)
+    job_ids = ["acme.*"]                    # the ids its creates may take (default: any)
+
+`job_ids` is what keeps a tenant's events its own on AMQP: a job event's routing key carries
+only the job id, and the shipped RabbitMQ permissions let tenant T read the keys of ids that
+begin with `T.` (deploy/rabbitmq/make_users.py); a key whose creates may take any id could
+name its jobs into another tenant's events.
 
 `AccessControl` answers the decoder: who the sender is (`authenticate`), whether the key is
 over its rate (`admit`, one token bucket per key: a key over its limit is refused at once,
@@ -99,13 +105,20 @@ class ApiKey:
     # None: the service's defaults (API_KEY_RATE, API_KEY_BURST); rate 0: no limit.
     rate: float | None = None
     burst: int | None = None
+    job_ids: tuple[str, ...] = ("*",)
     _queue_match: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _job_match: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_queue_match", _compile(self.queues))
+        object.__setattr__(self, "_job_match", _compile(self.job_ids))
 
     def may(self, queue_id: str, scope: Scope) -> bool:
         return scope in self.scopes and self._queue_match.fullmatch(queue_id) is not None
+
+    def may_name(self, job_id: str) -> bool:
+        """Whether a job this key creates may have `job_id`."""
+        return self._job_match.fullmatch(job_id) is not None
 
 
 class _KeySpec(BaseModel):
@@ -116,6 +129,9 @@ class _KeySpec(BaseModel):
     scopes: Annotated[frozenset[Scope], Field(min_length=1)]
     rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     burst: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    job_ids: (
+        Annotated[tuple[Annotated[str, Field(pattern=_PATTERN)], ...], Field(min_length=1)] | None
+    ) = None
 
 
 class _File(BaseModel):
@@ -201,6 +217,7 @@ class KeyTable:
                     scopes=spec.scopes,
                     rate=spec.rate,
                     burst=spec.burst,
+                    job_ids=spec.job_ids or ("*",),
                 )
                 for name, spec in parsed.keys.items()
             )
@@ -340,6 +357,12 @@ class AccessControl:
         if not key.may(queue_id, scope):
             return Forbidden(f"this key may not send commands to queue {queue_id!r}")
         return None
+
+    def may_create(self, key: ApiKey, job_id: str) -> Forbidden | None:
+        """Whether `key` may create a job named `job_id` (its `job_ids` patterns)."""
+        if key.may_name(job_id):
+            return None
+        return Forbidden(f"this key may only create jobs whose id matches {', '.join(key.job_ids)}")
 
     def verdict(
         self, presented: object, queue_id: str, message_type: MessageType, now: float

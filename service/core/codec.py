@@ -263,6 +263,8 @@ class CommandDecoder:
         partial.message_type = message_type.value
         self._authorize(partial, queue_id, message_type)
         message = _validate(MODEL_BY_TYPE[message_type], body, prefix="")
+        if isinstance(message, CreatePrintJob):
+            self._authorize_create(partial, message.jobId)
         return DecodedCommand(
             message=message,
             message_type=message_type,
@@ -359,6 +361,12 @@ class CommandDecoder:
         if partial.key is None:  # unreachable: every path authenticates; fail closed anyway
             raise _Rejected(RejectionReason.unauthorized, "x-api-key is missing")
         if forbidden := self._access.authorize(partial.key, queue_id, message_type):
+            raise _Rejected(RejectionReason.forbidden, forbidden.message)
+
+    def _authorize_create(self, partial: _Partial, job_id: str) -> None:
+        if self._access is None or partial.key is None:
+            return
+        if forbidden := self._access.may_create(partial.key, job_id):
             raise _Rejected(RejectionReason.forbidden, forbidden.message)
 
     def _correlation_id(self, headers: Mapping[str, Any], inbound: Inbound) -> str:

@@ -373,3 +373,29 @@ def _from_env(**env: str) -> Settings:
         for name, value in env.items():
             patch.setenv(name, value)
         return Settings.from_env()
+
+
+def test_job_ids_default_to_any_and_can_be_narrowed() -> None:
+    table = KeyTable.from_toml(
+        f"""
+[keys.open]
+sha256 = "{sha256("k1")}"
+queues = ["*"]
+scopes = ["write:job"]
+
+[keys.tenant]
+sha256 = "{sha256("k2")}"
+queues = ["acme.*"]
+scopes = ["write:job"]
+job_ids = ["acme.*", "acme-legacy-?"]
+""",
+        source="keys",
+    )
+    control = AccessControl(table, rate=0.0, burst=1)
+    open_key, tenant = _named(control, "open"), _named(control, "tenant")
+    assert control.may_create(open_key, "anything at all") is None
+    assert control.may_create(tenant, "acme.1") is None
+    assert control.may_create(tenant, "acme-legacy-1") is None
+    refused = control.may_create(tenant, "globex.1")
+    assert refused is not None
+    assert "acme.*" in refused.message

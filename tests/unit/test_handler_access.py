@@ -252,3 +252,29 @@ async def test_a_command_with_two_different_keys_is_unauthorized() -> None:
         (rejection,) = service.rejections()
         assert rejection.reason is RejectionReason.unauthorized
         assert "two different" in rejection.message
+
+
+TENANT_KEYS: Final = f"""
+[keys.acme]
+sha256 = "{digest(WRITER)}"
+queues = ["acme.*"]
+scopes = ["write:job", "read:job"]
+job_ids = ["acme.*"]
+"""
+
+
+async def test_a_tenants_key_creates_only_jobs_named_as_its_own() -> None:
+    # The AMQP routing key of a job event carries only the job id: a tenant whose creates
+    # could take any id could name its jobs into another tenant's events.
+    access = AccessControl(KeyTable.from_toml(TENANT_KEYS, source="keys"), rate=1e3, burst=1000)
+    async with Harness(access=access) as service:
+        service.printer("acme.office").offline()
+        await send(service, CREATE, a_create("globex.7"), key=WRITER, queue="acme.office")
+        await send(service, CREATE, a_create("acme.7"), key=WRITER, queue="acme.office")
+        await service.drained()
+
+        (rejection,) = service.rejections()
+        assert rejection.reason is RejectionReason.forbidden
+        assert "acme.*" in rejection.message
+        assert service.store.job("globex.7") is None
+        assert [e.status for e in service.events("acme.7")] == [JobStatus.created]
