@@ -470,12 +470,35 @@ def test_compose_stack():
         == "/etc/rabbitmq/definitions.d/10-topology.json"
     )
     assert mounts["./deploy/rabbitmq/rabbitmq.conf"] == "/etc/rabbitmq/rabbitmq.conf"
-    # Committed files exist; generated directories are git-ignored (make_env.py fills them).
+    assert mounts["./deploy/rabbitmq/advanced.config"] == "/etc/rabbitmq/advanced.config"
+    assert mounts["./deploy/compose/enabled_plugins"] == "/etc/rabbitmq/enabled_plugins"
+    assert (
+        mounts["./deploy/compose/secrets/oauth2/print-api-1.pem"]
+        == _rabbitmq_conf()["auth_oauth2.signing_keys.print-api-1"]
+    )
+    # The compose plugins keep the shipped ones (the OAuth 2 backend), adding the image's.
+    shipped = set(re.findall(r"\w+", (ROOT / "deploy/rabbitmq/enabled_plugins").read_text()))
+    compose_plugins = (ROOT / "deploy/compose/enabled_plugins").read_text()
+    assert shipped < set(re.findall(r"\w+", compose_plugins.split("\n[", 1)[1]))
+    # Each entrypoint installs the generated file where the broker's config reads it.
+    for name, target in (
+        ("mosquitto", "/mosquitto/config/dynamic-security.json"),
+        ("rabbitmq", "/etc/rabbitmq/definitions.d/20-users.json"),
+    ):
+        assert target in services[name]["entrypoint"][-1]
+    assert (
+        "plugin_opt_config_file /mosquitto/config/dynamic-security.json\n"
+        in (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
+    )
+    assert _rabbitmq_conf()["load_definitions"] == "/etc/rabbitmq/definitions.d"
+    # Committed files exist; generated ones are git-ignored (make_env.py writes them), and
+    # of those only what a broker reads is mounted: no file of passwords.
     generated = {host for host in mounts if git_ignored(host)}
     assert generated == {
         "./deploy/compose/secrets/keys",
-        "./deploy/mosquitto/credentials",
-        "./deploy/rabbitmq/generated",
+        "./deploy/compose/secrets/oauth2/print-api-1.pem",
+        "./deploy/mosquitto/credentials/dynamic-security.json",
+        "./deploy/rabbitmq/generated/users.json",
     }
     for host_path in mounts.keys() - generated:
         assert (ROOT / host_path).is_file(), host_path
@@ -487,7 +510,7 @@ def test_compose_stack():
 
 def git_ignored(path: str) -> bool:
     result = subprocess.run(
-        ["git", "check-ignore", "-q", "--no-index", path.removeprefix("./") + "/"],
+        ["git", "check-ignore", "-q", "--no-index", path.removeprefix("./")],
         cwd=ROOT,
         capture_output=True,
         timeout=30,
@@ -567,6 +590,8 @@ def test_make_env_writes_what_compose_needs(tmp_path):
             secrets_dir / "api-key",
             secrets_dir / "client.env",
             secrets_dir / "keys/api-keys.toml",
+            secrets_dir / "oauth2/print-api-1.key",
+            secrets_dir / "oauth2/print-api-1.pem",
         )
     }
     assert modes == {
@@ -576,7 +601,12 @@ def test_make_env_writes_what_compose_needs(tmp_path):
         secrets_dir / "client.env": 0o600,
         # Digests only, read by the container's own user through the mount.
         secrets_dir / "keys/api-keys.toml": 0o644,
+        secrets_dir / "oauth2/print-api-1.key": 0o600,
+        # A public key, read by RabbitMQ's own user through the mount.
+        secrets_dir / "oauth2/print-api-1.pem": 0o644,
     }
+    public_key = (secrets_dir / "oauth2/print-api-1.pem").read_text()
+    assert public_key.startswith("-----BEGIN PUBLIC KEY-----\n")
     env = make_env.parse_env(env_file.read_text())
     assert set(env) == compose_variables((ROOT / "docker-compose.yml").read_text())
     service_mqtt = BrokerUrl(env["PRINT_MQTT_URL"], schemes=("mqtt", "mqtts"))
@@ -598,7 +628,7 @@ def test_make_env_writes_what_compose_needs(tmp_path):
         "keys": {
             "local": {
                 "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                "queues": ["*"],
+                "queues": ["example-tenant.*"],
                 "scopes": ["write:job", "read:job"],
             }
         }
@@ -624,6 +654,7 @@ def test_make_env_writes_what_compose_needs(tmp_path):
     after = {p: p.read_text() for p in before}
     assert make_env.parse_env(after[env_file]) == env
     assert after[secrets_dir / "api-key"] == before[secrets_dir / "api-key"]
+    assert after[secrets_dir / "oauth2/print-api-1.pem"] == public_key
 
 
 def test_make_env_stops_without_the_brokers_generators(tmp_path):
@@ -631,9 +662,123 @@ def test_make_env_stops_without_the_brokers_generators(tmp_path):
         make_env.main([], root=tmp_path)
     fake_generator(tmp_path / "deploy/mosquitto/make_credentials.py", {"print-service": "p"})
     fake_generator(tmp_path / "deploy/rabbitmq/make_users.py", {"print-service": "p"})
-    with pytest.raises(SystemExit, match="made no user \\['example-tenant'\\]"):
+    with pytest.raises(SystemExit, match="mosquitto generator made no user \\['example-tenant'\\]"):
+        make_env.main([], root=tmp_path)
+    # Every tenant of Mosquitto's must be RabbitMQ's too.
+    fake_generator(
+        tmp_path / "deploy/mosquitto/make_credentials.py",
+        {"print-service": "p", "example-tenant": "t", "other-tenant": "o"},
+    )
+    fake_generator(
+        tmp_path / "deploy/rabbitmq/make_users.py", {"print-service": "p", "example-tenant": "t"}
+    )
+    with pytest.raises(SystemExit, match="rabbitmq generator made no user \\['other-tenant'\\]"):
         make_env.main([], root=tmp_path)
     assert not (tmp_path / ".env").exists()
+
+
+def _mounted_sources(service: dict[str, Any]) -> list[str]:
+    """The host paths a compose service binds (short and long volume syntax) or env-files."""
+    sources = []
+    for volume in service.get("volumes", []):
+        source = volume.get("source", "") if isinstance(volume, dict) else volume.split(":")[0]
+        if source.startswith((".", "/")):
+            sources.append(source)
+    env_files = service.get("env_file", [])
+    sources.extend(
+        env_file["path"] if isinstance(env_file, dict) else env_file
+        for env_file in ([env_files] if isinstance(env_files, (str, dict)) else env_files)
+    )
+    return sources
+
+
+def test_the_real_generators_make_everything_compose_mounts(tmp_path):
+    """make_env.py with the brokers' own generators, writing under --root (never into the
+    repository): every file or directory compose mounts or reads as env-file is then there,
+    every variable compose substitutes is in the .env, and no password is in the compose
+    file. With the tenants the same on both brokers, and the tenant's key on its queues."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    ignored_before = _ignored_generated()
+    assert make_env.main(["--root", str(tmp_path)]) == 0
+    assert _ignored_generated() == ignored_before, "make_env.py wrote into the repository"
+
+    def host(source: str) -> Path:
+        # Committed files from the repository, generated ones from where make_env.py wrote.
+        return (tmp_path if git_ignored(source) else ROOT) / source.removeprefix("./")
+
+    sources = [s for service in compose_services().values() for s in _mounted_sources(service)]
+    assert sources
+    missing = [source for source in sources if not host(source).exists()]
+    assert missing == [], "compose mounts what make_env.py did not make"
+    # What compose interpolates: the values (not the comments), `$$` being a literal `$`.
+    substituted = {
+        name
+        for value in _strings(yaml.safe_load(text))
+        for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", value.replace("$$", ""))
+    }
+    assert substituted
+    env = make_env.parse_env((tmp_path / ".env").read_text())
+    assert substituted - env.keys() == set()
+
+    mqtt = json.loads((tmp_path / "deploy/mosquitto/credentials/credentials.json").read_text())
+    amqp = json.loads((tmp_path / "deploy/rabbitmq/generated/credentials.json").read_text())
+    roles = json.loads((ROOT / "deploy/mosquitto/roles.json").read_text())
+    assert set(mqtt) == set(amqp) == {c["username"] for c in roles["clients"]}
+    for user, password in mqtt.items():
+        password_file = tmp_path / f"deploy/mosquitto/credentials/{user}.password"
+        assert password_file.read_text().strip() == password
+    passwords = [*mqtt.values(), *amqp.values(), env["POSTGRES_PASSWORD"]]
+    passwords.append((tmp_path / "deploy/compose/secrets/api-key").read_text().strip())
+    assert not [p for p in passwords if p in text]
+    assert not check._LITERAL_PASSWORD.search(text)
+    # What compose mounts into the brokers holds hashes, never a password.
+    for source in sources:
+        path = host(source)
+        for file in path.rglob("*") if path.is_dir() else [path]:
+            if file.is_file() and file.name != "api-key":
+                assert not [p for p in passwords if p in file.read_text()], source
+
+    # The tenant's queues: on MQTT (roles.json) and in its key, ids beginning `<tenant>.`.
+    tenant = make_env.TENANT
+    client = next(c for c in roles["clients"] if c["username"] == tenant)
+    acls = [
+        acl
+        for role in roles["roles"]
+        if role["rolename"] in {r["rolename"] for r in client["roles"]}
+        for acl in role["acls"]
+    ]
+    assert [a for a in acls if a["topic"].startswith(f"commands/{tenant}.")]
+    keys = tomllib.loads((tmp_path / "deploy/compose/secrets/keys/api-keys.toml").read_text())
+    assert keys["keys"]["local"]["queues"] == [f"{tenant}.*"]
+    queues = tomllib.loads((ROOT / "deploy/compose/queues.toml").read_text())["queues"]
+    assert [q for q in queues if q.startswith(f"{tenant}.")]
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+
+
+def _ignored_generated() -> dict[str, float]:
+    """The git-ignored files of the repository's generated directories, with their times."""
+    found = {}
+    for directory in (
+        "deploy/compose/secrets",
+        "deploy/mosquitto/credentials",
+        "deploy/rabbitmq/generated",
+    ):
+        for path in (ROOT / directory).rglob("*"):
+            found[str(path)] = path.stat().st_mtime
+    if (ROOT / ".env").exists():
+        found[".env"] = (ROOT / ".env").stat().st_mtime
+    return found
 
 
 def test_env_files_are_literal_and_refuse_what_would_not_be():
@@ -923,7 +1068,9 @@ def test_the_compose_stacks_queue_file_is_a_valid_configuration():
     queues = QueueMap.from_toml(path.read_text(), source=str(path))
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
-    assert [p.uri for p in queues.printers_of("office")] == ["ipp://ippeveprinter:8631/ipp/print"]
+    assert [p.uri for p in queues.printers_of("example-tenant.front-desk")] == [
+        "ipp://ippeveprinter:8631/ipp/print"
+    ]
     assert queues.lane("any-other-queue") == "default"
     env = compose["services"]["print-service-1"]["environment"]
     mounts = compose["services"]["print-service-1"]["volumes"]

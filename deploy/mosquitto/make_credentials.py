@@ -11,6 +11,8 @@ random password and writes, into the git-ignored output directory:
   dynamic-security plugin's own format); the broker's `plugin_opt_config_file`.
 - <user>.password: each client's password (mode 0600), for the integrator or the service.
 - service.env: `MQTT_URL=mqtt://print-service:<password>@<host>:<port>`, for the service.
+- credentials.json: every client's password, {user: password} (mode 0600), as
+  deploy/rabbitmq/make_users.py writes its own: what deploy/compose/make_env.py reads.
 
 Passwords already in the output directory are kept (so adding an integrator does not change
 the others'); `--rotate` makes new ones. The broker reads the file at start: restart it.
@@ -184,6 +186,7 @@ def generate(
     config.chmod(0o644)
     service_url = f"mqtt://{SERVICE_USER}:{passwords[SERVICE_USER]}@{host}:{port}"
     _write_secret(out / "service.env", f"MQTT_URL={service_url}\n")
+    _write_secret(out / "credentials.json", json.dumps(passwords, indent=2) + "\n")
     return Generated(out=out, passwords=passwords)
 
 
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     for user in generated.passwords:
         print(f"{user}: password in {generated.password_file(user)}")  # noqa: T201
     print(f"service: MQTT_URL in {generated.out / 'service.env'}")  # noqa: T201
+    print(f"every password: {generated.out / 'credentials.json'}")  # noqa: T201
     return 0
 
 

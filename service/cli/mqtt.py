@@ -10,7 +10,21 @@ from paho.mqtt.properties import Properties
 
 from service.config import Settings
 
-__all__ = ["publish_command"]
+__all__ = ["client_id_for", "publish_command"]
+
+# The service's replicas connect as `print-service-...` (deploy/mosquitto/roles.json): a
+# fixed id there could take over a replica's session, so that user publishes with a random
+# one (it is bound to no client id).
+_SERVICE_CLIENT_ID_PREFIX = "print-service"
+
+
+def client_id_for(username: str | None) -> str | None:
+    """The MQTT client id to publish with: the user name (the broker's dynamic-security
+    plugin binds each integrator to a client id equal to its user name and refuses any
+    other), or None for a random one when there is no user or it is the service's."""
+    if not username or username.startswith(_SERVICE_CLIENT_ID_PREFIX):
+        return None
+    return username
 
 
 async def publish_command(
@@ -40,6 +54,7 @@ async def publish_command(
         url.port,
         username=url.username,
         password=url.password,
+        identifier=client_id_for(url.username),
         protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         tls_params=tls,
     ) as client:
