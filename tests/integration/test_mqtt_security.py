@@ -42,9 +42,9 @@ from tests.waits import wait_until
 
 ROLES = json.loads((ROOT / "deploy" / "mosquitto" / "roles.json").read_text())
 SERVICE = "print-service"
-INTEGRATOR = "example-tenant"  # may publish to commands/example-front-desk, ...-back-office
-OWN_QUEUE = "commands/example-front-desk"
-OTHER_QUEUE = "commands/other-reception"  # other-tenant's
+INTEGRATOR = "example-tenant"  # may publish to commands/example-tenant.front-desk, ...
+OWN_QUEUE = "commands/example-tenant.front-desk"
+OTHER_QUEUE = "commands/other-tenant.reception"  # other-tenant's
 WILLS = "/last-wills"
 WRONG = uuid.uuid4().hex  # a password nobody has
 NOT_AUTHORIZED = {True: 0x87, False: 0x80}  # SUBACK failure: MQTT 5, MQTT 3.1.1
@@ -227,7 +227,7 @@ async def test_an_integrator_cannot_publish_to_another_queue_nor_a_will(secured:
         await watcher.subscribe(WILLS, qos=1)
         await integrator.publish(OTHER_QUEUE, b"into another tenant's queue", qos=1)
         await integrator.publish(WILLS, spoofed, qos=1)
-        await integrator.publish("commands/example-front-desk/deeper", b"below a queue", qos=1)
+        await integrator.publish("commands/example-tenant.front-desk/deeper", b"below a queue", qos=1)
         await integrator.publish(OWN_QUEUE, b"allowed", qos=1)
         async with asyncio.timeout(10):
             message = await anext(watcher.messages)
