@@ -227,7 +227,7 @@ async def test_an_integrator_cannot_publish_to_another_queue_nor_a_will(secured:
         await watcher.subscribe(WILLS, qos=1)
         await integrator.publish(OTHER_QUEUE, b"into another tenant's queue", qos=1)
         await integrator.publish(WILLS, spoofed, qos=1)
-        await integrator.publish("commands/example-tenant.front-desk/deeper", b"below a queue", qos=1)
+        await integrator.publish(f"{OWN_QUEUE}/deeper", b"below a queue", qos=1)
         await integrator.publish(OWN_QUEUE, b"allowed", qos=1)
         async with asyncio.timeout(10):
             message = await anext(watcher.messages)
