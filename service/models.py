@@ -41,6 +41,7 @@ class MessageType(StrEnum):
     getPrintJobStatus = "getPrintJobStatus"
     updatePrintJob = "updatePrintJob"
     getPrintCounts = "getPrintCounts"
+    movePrintJob = "movePrintJob"
 
 
 class RejectionReason(StrEnum):
@@ -55,7 +56,8 @@ class RejectionReason(StrEnum):
     - `unauthorized`: the `x-api-key` header is missing, not a configured key, or the
       command carries two different keys (nothing else of the command is read);
     - `forbidden`: the key is valid, but may not send this command (it lacks the scope,
-      `write:job` for create, cancel and update, `read:job` for status and counts), or
+      `write:job` for create, cancel, update and move (a move: on both
+      queues), `read:job` for status and counts), or
       not to this queue, or may not create a job with this jobId (a tenant's key creates
       only jobs whose ids begin with its prefix);
     - `rate_limited`: the key sent more commands than its rate allows; `retryAfter` says
@@ -63,9 +65,11 @@ class RejectionReason(StrEnum):
     - `unknown_job`: no job has that jobId on this queue (a job of another queue is
       answered exactly as one that does not exist);
     - `job_conflict`: a job with that jobId exists with a different payload;
-    - `job_started`: the job is printing and the cancel did not say `force: true`;
+    - `job_started`: the job is printing and the cancel did not say `force: true`
+      (or, for an update or a move, it has started);
     - `job_final`: the job is already finished, canceled or failed;
-    - `unknown_queue`: no queue of that id is configured, and unknown queues are rejected;
+    - `unknown_queue`: no queue of that id is configured, and unknown queues are rejected
+      (for a move, the target queue `toQueue`);
     - `document_required`: the queue prints on a real printer and the create has no document;
     - `unsupported_document`: the queue's printers do not take the document's content type;
     - `retained_command`: the command arrived as a retained message, which is never applied;
@@ -267,6 +271,27 @@ class UpdatableField(StrEnum):
     options = "options"
 
 
+class MovePrintJob(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    jobId: Annotated[
+        str,
+        Field(
+            description="Job Id. Letters, digits and `._:-`, at most 128 characters: it is part of the\nAMQP routing key `events/{jobId}`.\n",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    toQueue: Annotated[
+        str,
+        Field(
+            description="The identifier of the print queue (the last level of the MQTT topic).",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+
+
 class GetPrintCounts(BaseModel):
     """
     No fields; the queue is the one of the topic.
@@ -389,6 +414,13 @@ class PrintJobEvent(BaseModel):
         Field(description="Present on the answer to `updatePrintJob`; the fields it changed."),
     ] = None
     priority: Priority | None = None
+    movedFrom: Annotated[
+        str | None,
+        Field(
+            description="Present on the answer to `movePrintJob`: the queue the job was moved from\n(`queueId` is the one it is on now).\n",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ] = None
 
 
 class FieldError(BaseModel):
@@ -440,6 +472,14 @@ class GetPrintJobStatusHeaders(RootModel[CommandHeaders]):
 
 
 class UpdatePrintJobHeaders(RootModel[CommandHeaders]):
+    root: CommandHeaders
+
+
+class MovePrintJobPayload(RootModel[MovePrintJob]):
+    root: MovePrintJob
+
+
+class MovePrintJobHeaders(RootModel[CommandHeaders]):
     root: CommandHeaders
 
 

@@ -35,6 +35,7 @@ from service.models import (
     CreatePrintJob,
     GetPrintCounts,
     JobStatus,
+    MovePrintJob,
     RejectionReason,
     UpdatePrintJob,
 )
@@ -196,6 +197,8 @@ class CommandHandler:
             return self._cancel(step, message, job)
         if isinstance(message, UpdatePrintJob):
             return self._update(step, message, job)
+        if isinstance(message, MovePrintJob):
+            return self._move(step, message, job)
         return self._status(step, job)
 
     def _create(self, step: _Step, message: CreatePrintJob, existing: jobs.Job | None) -> str:
@@ -248,6 +251,25 @@ class CommandHandler:
         step.tx.emit(_event(step, updated, updated=fields))
         step.after_commit.append(lambda: self._dispatcher.reprioritize(updated))
         log.info("job_updated", fields=fields, priority=updated.priority.value, **step.ids())
+        return "accepted"
+
+    def _move(self, step: _Step, message: MovePrintJob, job: jobs.Job | None) -> str:
+        if job is None:
+            return self._refuse(step, _unknown(message.jobId))
+        if message.toQueue == job.queue_id:
+            # Nothing to change: answered as a status query, so that a move sent twice
+            # (or to where the job already is) tells where the job is without a new event.
+            return self._status(step, job)
+        # The job's state first: a started job is `job_started` whatever the target says.
+        result = jobs.move(job, to_queue=message.toQueue, now=step.now)
+        if isinstance(result, jobs.Refusal):
+            return self._refuse(step, result)
+        if refusal := self._queues.check_move(message.toQueue, job):
+            return self._refuse(step, refusal)
+        step.tx.put(result)
+        step.tx.emit(_event(step, result, moved_from=job.queue_id))
+        step.after_commit.append(lambda: self._dispatcher.move(result))
+        log.info("job_moved", to_queue_id=result.queue_id, **step.ids())
         return "accepted"
 
     def _status(self, step: _Step, job: jobs.Job | None) -> str:
@@ -336,6 +358,7 @@ def _event(
     *,
     snapshot_at: datetime | None = None,
     updated: Sequence[str] = (),
+    moved_from: str | None = None,
 ) -> Outgoing:
     return job_event(
         job,
@@ -344,6 +367,7 @@ def _event(
         received_at=step.command.received_at,
         snapshot_at=snapshot_at,
         updated=updated,
+        moved_from=moved_from,
     )
 
 

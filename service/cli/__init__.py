@@ -4,6 +4,7 @@
     print-service submit [--job-id ID]   create a job and follow its events to a final status
     print-service cancel JOB [--force]   cancel a job and follow its events
     print-service status JOB             ask for a job's current status
+    print-service move JOB --to QUEUE    move a waiting job from --queue to QUEUE
     print-service watch JOB              print a job's status, then every event until it ends
 
 The client commands send the API key of PRINT_API_KEY or of `--api-key-file PATH`, never
@@ -46,6 +47,7 @@ from service.models import (
     CreatePrintJob,
     GetPrintJobStatus,
     MessageType,
+    MovePrintJob,
     Orientation,
     PrintJobEvent,
     PrintQuality,
@@ -195,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     cancel = client("cancel", "cancel a print job")
     cancel.add_argument("job_id")
     cancel.add_argument("--force", action="store_true", help="also stop a job being printed")
+    move = client("move", "move a waiting job to another queue (from --queue)")
+    move.add_argument("job_id")
+    move.add_argument("--to", required=True, dest="to_queue", help="the queueId it goes to")
     status = client("status", "ask for a job's current status")
     status.add_argument("job_id")
     watch = client("watch", "follow a job until it ends")
@@ -206,13 +211,16 @@ async def _client_command(
     args: argparse.Namespace, settings: Settings, *, api_key: str | None
 ) -> int:
     correlation_id = args.correlation_id or str(uuid.uuid4())
-    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus
+    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob
     if args.command == "submit":
         message = _create(args)
         message_type = MessageType.createPrintJob
     elif args.command == "cancel":
         message = CancelPrintJob(jobId=args.job_id, force=args.force)
         message_type = MessageType.cancelPrintJob
+    elif args.command == "move":
+        message = MovePrintJob(jobId=args.job_id, toQueue=args.to_queue)
+        message_type = MessageType.movePrintJob
     else:
         message = GetPrintJobStatus(jobId=args.job_id)
         message_type = MessageType.getPrintJobStatus
@@ -294,7 +302,7 @@ def _page_range(text: str) -> dict[str, int]:
 async def _publish(
     settings: Settings,
     args: argparse.Namespace,
-    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus,
+    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob,
     message_type: MessageType,
     correlation_id: str,
     *,
@@ -340,6 +348,8 @@ async def _follow(
                     )
                     if args.command == "status" and event.snapshot:
                         return EXIT_OK
+                    if args.command == "move" and (event.movedFrom or event.snapshot):
+                        return EXIT_OK  # the answer: moved (or already there)
                     if event.status in FINAL_STATUSES:
                         return EXIT_OK
     except TimeoutError:
@@ -358,6 +368,8 @@ def _show(args: argparse.Namespace, event: dict[str, Any], correlation_id: str |
         )
         return
     snapshot = " (current)" if event.get("snapshot") else ""
+    if "movedFrom" in event:
+        snapshot += f" (moved from {event['movedFrom']})"
     print(
         f"{event['timestamp']}  job={event['jobId']}  {event['status']}{snapshot}  "
         f"seq={event['sequence']}  queue={event['queueId']}  correlation={correlation_id}",

@@ -75,6 +75,7 @@ SCOPE_OF: Final[Mapping[MessageType, Scope]] = {
     MessageType.createPrintJob: Scope.write_job,
     MessageType.cancelPrintJob: Scope.write_job,
     MessageType.updatePrintJob: Scope.write_job,
+    MessageType.movePrintJob: Scope.write_job,
     MessageType.getPrintJobStatus: Scope.read_job,
     MessageType.getPrintCounts: Scope.read_job,
 }
@@ -356,6 +357,14 @@ class AccessControl:
             return Forbidden(f"this key lacks the {scope.value} scope ({message_type.value})")
         if not key.may(queue_id, scope):
             return Forbidden(f"this key may not send commands to queue {queue_id!r}")
+        return None
+
+    def may_move_to(self, key: ApiKey, queue_id: str) -> Forbidden | None:
+        """Whether `key` may put a job on `queue_id` (a move's target): `write:job` there,
+        as a create on that queue would need; the move's own queue is checked as for
+        every command."""
+        if not key.may(queue_id, Scope.write_job):
+            return Forbidden(f"this key may not move jobs to queue {queue_id!r}")
         return None
 
     def may_create(self, key: ApiKey, job_id: str) -> Forbidden | None:

@@ -4,7 +4,8 @@ Order of the checks, each of which ends the decoding with its own reason:
 size → API key and its rate (MQTT 5 user property) → content encoding (gzip, capped) →
 UTF-8 → JSON object (no lone surrogates) → envelope → API key and its rate (envelope) →
 retained → message type (header, or inferred from a bare payload) → queueId → headers →
-the key's scope and queues → payload schema.
+the key's scope and queues → payload schema → what the payload names that the key must be
+allowed (a create's jobId, a move's target queue).
 Authentication comes before anything that costs: a caller without a key learns nothing
 else; a key over its rate is refused before its command is parsed (when the key is an MQTT 5
 user property); what a key may do is checked once the command's type is known.
@@ -39,6 +40,7 @@ from service.models import (
     GetPrintJobStatus,
     InlineDocument,
     MessageType,
+    MovePrintJob,
     PrintJobEvent,
     RejectionReason,
     UpdatePrintJob,
@@ -53,7 +55,14 @@ __all__ = [
     "valid_queue_id",
 ]
 
-Command = CreatePrintJob | CancelPrintJob | GetPrintJobStatus | UpdatePrintJob | GetPrintCounts
+Command = (
+    CreatePrintJob
+    | CancelPrintJob
+    | GetPrintJobStatus
+    | UpdatePrintJob
+    | GetPrintCounts
+    | MovePrintJob
+)
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.createPrintJob: CreatePrintJob,
@@ -61,6 +70,7 @@ MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.getPrintJobStatus: GetPrintJobStatus,
     MessageType.updatePrintJob: UpdatePrintJob,
     MessageType.getPrintCounts: GetPrintCounts,
+    MessageType.movePrintJob: MovePrintJob,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(
@@ -265,6 +275,8 @@ class CommandDecoder:
         message = _validate(MODEL_BY_TYPE[message_type], body, prefix="")
         if isinstance(message, CreatePrintJob):
             self._authorize_create(partial, message.jobId)
+        elif isinstance(message, MovePrintJob):
+            self._authorize_move(partial, message.toQueue)
         return DecodedCommand(
             message=message,
             message_type=message_type,
@@ -367,6 +379,13 @@ class CommandDecoder:
         if self._access is None or partial.key is None:
             return
         if forbidden := self._access.may_create(partial.key, job_id):
+            raise _Rejected(RejectionReason.forbidden, forbidden.message)
+
+    def _authorize_move(self, partial: _Partial, to_queue: str) -> None:
+        # The target is in the payload: only a validated one is a queueId to check.
+        if self._access is None or partial.key is None:
+            return
+        if forbidden := self._access.may_move_to(partial.key, to_queue):
             raise _Rejected(RejectionReason.forbidden, forbidden.message)
 
     def _correlation_id(self, headers: Mapping[str, Any], inbound: Inbound) -> str:

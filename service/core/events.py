@@ -84,10 +84,12 @@ def job_event(
     received_at: float | None,
     snapshot_at: datetime | None = None,
     updated: Sequence[str] = (),
+    moved_from: str | None = None,
 ) -> Outgoing:
     """The event for the job's current status; with `snapshot_at`, the answer to a query.
 
     `updated` names what an update changed; such an event also says the priority now.
+    `moved_from` is the queue a move took the job from (its `queueId` is the new one).
     """
     event = PrintJobEvent(
         jobId=job.job_id,
@@ -100,6 +102,7 @@ def job_event(
         reason=job.reason,
         updated=[UpdatableField(name) for name in updated] or None,
         priority=job.priority if updated else None,
+        movedFrom=moved_from,
     )
     return Outgoing(
         message_id=str(event_id),

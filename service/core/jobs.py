@@ -7,6 +7,7 @@ created ──start──▶ started ──finish──▶ finished
  │ └──expire──▶ canceled  │
  └─────fail───▶ failed ◀──fail (printer aborted, unreachable, refused an option)
 created ──update──▶ created (priority or options changed; a new sequence)
+created ──move────▶ created (on another queue, its age and priority kept; a new sequence)
 ```
 
 Every function here returns either the changed job or a `Refusal` that says why the change
@@ -46,6 +47,7 @@ __all__ = [
     "expire",
     "fail",
     "finish",
+    "move",
     "request_digest",
     "start",
     "update",
@@ -270,6 +272,24 @@ def update(job: Job, command: UpdatePrintJob, *, now: datetime) -> tuple[Job, li
         reason=None,
     )
     return changed, given
+
+
+def move(job: Job, *, to_queue: str, now: datetime) -> Job | Refusal:
+    """Put a waiting job on another queue. Whether that queue takes it is the queue
+    configuration's to say (`QueueMap.check_move`), not the job's.
+
+    `created_at` is kept: the job's age is its place among jobs of the same priority, and a
+    move must neither send it to the back of its new queue nor let it jump ahead.
+    """
+    if job.is_final:
+        return _final_refusal(job)
+    if job.status is not JobStatus.created:
+        return Refusal(
+            RejectionReason.job_started, f"job {job.job_id!r} has started; it cannot move"
+        )
+    return dataclasses.replace(
+        job, queue_id=to_queue, sequence=job.sequence + 1, updated_at=now, reason=None
+    )
 
 
 def begin(job: Job, *, now: datetime) -> Job | Refusal:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.core.jobs import Refusal
+from service.core.jobs import Job, Refusal
 from service.models import CreatePrintJob, RejectionReason
 
 __all__ = ["PrinterSpec", "QueueConfigError", "QueueMap", "QueueSpec"]
@@ -104,6 +104,17 @@ class QueueMap:
 
     def check_create(self, queue_id: str, command: CreatePrintJob) -> Refusal | None:
         """Whether the queue can take this job at all; answered before the job exists."""
+        document = command.document
+        return self._check(queue_id, None if document is None else document.contentType)
+
+    def check_move(self, queue_id: str, job: Job) -> Refusal | None:
+        """Whether the queue can take this existing job: the very rules of a create, so that
+        a move cannot put a job where its create would have been refused."""
+        document = job.document
+        return self._check(queue_id, None if document is None else document.content_type)
+
+    def _check(self, queue_id: str, content_type: str | None) -> Refusal | None:
+        """`content_type`: the job's document's, None for a job without one."""
         lane = self.lane(queue_id)
         if lane is None:
             return Refusal(
@@ -111,17 +122,16 @@ class QueueMap:
                 f"no queue {queue_id!r} is configured (known: {', '.join(sorted(self.queues))})",
             )
         printers = self.printers_of(lane)
-        if command.document is None and any(p.backend == "ipp" for p in printers):
+        if content_type is None and any(p.backend == "ipp" for p in printers):
             return Refusal(
                 RejectionReason.document_required,
                 f"queue {lane!r} prints on a real printer: the create needs a `document`",
             )
         formats = self.queues[lane].document_formats if not self.is_dynamic else frozenset()
-        if command.document is not None and formats and command.document.contentType not in formats:
+        if content_type is not None and formats and content_type not in formats:
             return Refusal(
                 RejectionReason.unsupported_document,
-                f"queue {lane!r} takes {', '.join(sorted(formats))}, "
-                f"not {command.document.contentType}",
+                f"queue {lane!r} takes {', '.join(sorted(formats))}, not {content_type}",
             )
         return None
 

@@ -134,3 +134,14 @@ async def test_the_api_key_comes_from_the_environment_or_a_private_file(
         assert code == 2
         assert "--api-key is not accepted" in "\n".join(lines)
         assert key not in "\n".join(lines)
+
+
+async def test_move_says_why_a_job_that_ended_is_not_moved(service: Service, brokers: Brokers):
+    queue, job_id = unique("q"), unique("job")
+    code, lines = await cli(brokers, "submit", "--queue", queue, "--job-id", job_id)
+    assert code == 0, lines
+
+    code, lines = await cli(brokers, "move", job_id, "--to", unique("q"), "--queue", queue)
+    assert code == 1, lines
+    assert lines[0].startswith(f"sent movePrintJob job={job_id}")
+    assert lines[-1].startswith("REJECTED job_final:")

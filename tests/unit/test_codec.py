@@ -442,7 +442,9 @@ def test_missing_job_id(message_type: MessageType) -> None:
 
     rejection = rejected(message, RejectionReason.schema_violation)
 
-    assert paths(rejection) == {"jobId"}
+    # A move needs its target too.
+    also = {"toQueue"} if message_type is MessageType.movePrintJob else set()
+    assert paths(rejection) == {"jobId"} | also
     assert rejection.correlation_id == "corr-missing"
     assert rejection.job_id is None
     assert rejection.message_type == message_type.value

@@ -35,10 +35,10 @@ JOB_COLUMNS: Final = (
     "job_id, queue_id, status, sequence, priority, user_id, document_name, "
     "created_at, updated_at, correlation_id, reason, details"
 )
-# What an upsert of an existing job changes.
+# What an upsert of an existing job changes (`queue_id`: a move).
 JOB_UPDATES: Final = ", ".join(
     f"{column} = excluded.{column}"
-    for column in ("status", "sequence", "priority", "updated_at", "reason", "details")
+    for column in ("queue_id", "status", "sequence", "priority", "updated_at", "reason", "details")
 )
 OUTBOX_COLUMNS: Final = (
     "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "

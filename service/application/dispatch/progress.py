@@ -14,6 +14,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 import structlog
@@ -23,7 +24,7 @@ from service.core import jobs
 from service.core.clock import Clock, IdSource
 from service.core.events import job_event
 from service.metrics import Metrics
-from service.models import JobStatus, PrintOptions
+from service.models import JobStatus, PrintOptions, RejectionReason
 from service.ports import (
     Document,
     DocumentSource,
@@ -72,6 +73,7 @@ class JobProgress:
         max_interruptions: int,
         spawner: Spawner,
         reload: Callable[[str], None],
+        lane_of: Callable[[str], str],
     ) -> None:
         self._store = store
         self._documents = documents
@@ -81,6 +83,7 @@ class JobProgress:
         self._max_interruptions = max_interruptions
         self._spawner = spawner
         self._reload = reload
+        self._lane_of = lane_of
         self._printing: dict[str, _Print] = {}  # from its turn until its print returns
         # Started (or resumed) durably here, and not yet done: what a clean stop hands over.
         self._underway: set[str] = set()
@@ -233,7 +236,7 @@ class JobProgress:
         """Start a waiting job (or expire it, if its time came while it waited). The job to
         print, or None."""
         try:
-            job = await self._apply(job_id, jobs.begin, lane)
+            job = await self._apply(job_id, partial(self._begin_in, lane), lane)
         except LaneLost:
             log.info("lane_lost_mid_job", job_id=job_id, lane=lane)
             return None
@@ -242,10 +245,24 @@ class JobProgress:
         # Refused: canceled meanwhile, or started by a replica that has since lost the lane
         # (crashed, or handed it over): resumed as after a restart, so it counts as one.
         job = await self._store.read_job(job_id)
+        if job is not None and job.status is JobStatus.created:
+            # Moved to another lane after this printer took it: it waits there now (put
+            # back by the reload, once this print has let go of it).
+            log.info("job_moved_before_start", job_id=job_id, lane=lane)
+            self._reload(job_id)
+            return None
         if job is None or job.status is not JobStatus.started:
             return None
         log.info("job_resumed", job_id=job_id, why="started by the lane's last holder")
         return await self._resume(job_id, lane)
+
+    def _begin_in(self, lane: str, job: jobs.Job, *, now: datetime) -> jobs.Job | jobs.Refusal:
+        """`jobs.begin`, on this lane's printer only: a move may have taken the job away."""
+        if self._lane_of(job.queue_id) != lane:
+            return jobs.Refusal(
+                RejectionReason.unknown_job, f"job {job.job_id!r} was moved off lane {lane!r}"
+            )
+        return jobs.begin(job, now=now)
 
     async def _resume(self, job_id: str, lane: str) -> jobs.Job | None:
         """A job that was printing when the service stopped, about to print again: count the

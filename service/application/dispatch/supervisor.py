@@ -67,6 +67,7 @@ class PrintDispatcher:
             max_interruptions=max_interruptions,
             spawner=self._spawner,
             reload=self._takeover.reload,
+            lane_of=self._lane,
         )
         self._waiting = WaitingRoom(clock=clock, on_expired=self._expired)
         self._workers = LaneWorkers(
@@ -126,6 +127,14 @@ class PrintDispatcher:
         if job.job_id in self._waiting:
             self._waiting.remove(job.job_id)
             self.enqueue(job)
+
+    def move(self, job: jobs.Job) -> None:
+        """`job` was moved to another queue: it leaves its old lane's waiting room and waits
+        in its new lane's, with its old age (a lane held by another replica: that one is
+        told through the store, and prints it). One the old lane's printer took meanwhile
+        is not started there (`JobProgress` checks the lane) and is put back from the store."""
+        self._waiting.remove(job.job_id)
+        self.enqueue(job)
 
     def withdraw(self, job: jobs.Job) -> None:
         """`job` was canceled: drop it from its lane, or stop the printer printing it."""
