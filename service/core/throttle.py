@@ -11,18 +11,19 @@ __all__ = ["Throttle"]
 
 
 class Throttle:
-    """Whether a report is due now: the first one is, then one per `interval` seconds at most.
-    An interval of 0 (or less) disables it: nothing is ever due.
+    """Whether a report is due now: one per `interval` seconds at most, counted from `since`
+    (when the print began: its `started` event is the first news of it, so a print shorter
+    than the interval sends no progress, only its totals on `finished`). An interval of 0
+    (or less) disables it: nothing is ever due.
 
-    One per print of a job: a job printed again (resumed) starts afresh, and its first
-    report goes out at once.
+    One per print of a job: a job printed again (resumed) starts afresh.
     """
 
     __slots__ = ("_interval", "_last")
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, *, since: datetime) -> None:
         self._interval = interval
-        self._last: datetime | None = None
+        self._last = since
 
     @property
     def enabled(self) -> bool:
@@ -32,7 +33,7 @@ class Throttle:
         """Whether a report that came at `now` should be recorded; `passed` says it was."""
         if not self.enabled:
             return False
-        return self._last is None or (now - self._last).total_seconds() >= self._interval
+        return (now - self._last).total_seconds() >= self._interval
 
     def passed(self, now: datetime) -> None:
         """A report was recorded at `now`: the next is due one interval later."""

@@ -45,8 +45,9 @@ def a_job(status: JobStatus = JobStatus.started, **overrides: Any) -> Job:
 # --- the throttle ---------------------------------------------------------------------------
 
 
-def test_the_throttle_lets_the_first_report_through_then_one_per_interval() -> None:
-    throttle = Throttle(5)
+def test_the_throttle_lets_one_report_through_per_interval_from_the_start() -> None:
+    throttle = Throttle(5, since=T0 - timedelta(seconds=5))
+    assert not Throttle(5, since=T0).due(T0 + timedelta(seconds=4.9))
     assert throttle.due(T0)
     throttle.passed(T0)
     assert not throttle.due(T0 + timedelta(seconds=4.9))
@@ -57,9 +58,9 @@ def test_the_throttle_lets_the_first_report_through_then_one_per_interval() -> N
 
 
 def test_an_interval_of_zero_lets_nothing_through() -> None:
-    throttle = Throttle(0)
+    throttle = Throttle(0, since=T0)
     assert not throttle.enabled
-    assert not throttle.due(T0)
+    assert not throttle.due(T0 + timedelta(days=1))
 
 
 # --- the transition -------------------------------------------------------------------------
@@ -165,11 +166,21 @@ async def test_reports_within_the_interval_are_throttled_but_counted_in_the_tota
     async with Harness(progress_interval=5) as service:
         events = await print_with_progress(service, [(1, 1), (2, 1), (3, 2), (4, 2)], step=3)
 
-    # At 3 s (the first), then 9 s; 6 s and 12 s fall within the interval of the last one.
+    # At 6 s and 12 s; 3 s and 9 s fall within the interval of the start, of the last one.
     assert summary(events)[2:] == [
-        (JobStatus.started, 3, 1, 1),
-        (JobStatus.started, 4, 3, 2),
+        (JobStatus.started, 3, 2, 1),
+        (JobStatus.started, 4, 4, 2),
         (JobStatus.finished, 5, 4, 2),
+    ]
+
+
+async def test_a_print_shorter_than_the_interval_sends_only_its_totals():
+    async with Harness(progress_interval=5) as service:
+        events = await print_with_progress(service, [(1, 1), (2, 2)], step=2)
+
+    assert summary(events)[1:] == [
+        (JobStatus.started, 2, None, None),
+        (JobStatus.finished, 3, 2, 2),
     ]
 
 
@@ -209,6 +220,7 @@ async def test_a_snapshot_of_a_printing_job_carries_its_progress():
     async with Harness(progress_interval=1) as service:
         printer = service.printer(QUEUE)
         printer.progress = [(2, 1)]
+        printer.before_report = lambda: service.clock.advance(1)
         printer.hold()
         await service.send({"jobId": "job-1"}, queue_id=QUEUE, message_type=CREATE)
         await service.until_printing(printer)
@@ -296,3 +308,13 @@ async def test_a_failing_progress_callback_does_not_stop_the_simulated_print() -
         a_request(inline), on_progress=on_progress
     )
     assert result.outcome is PrintOutcome.completed
+
+
+async def test_a_printer_that_counts_nothing_leaves_the_totals_unknown():
+    async with Harness(progress_interval=1) as service:
+        events = await print_with_progress(service, [(0, None)], step=1)
+
+    assert summary(events)[1:] == [
+        (JobStatus.started, 2, None, None),
+        (JobStatus.finished, 3, None, None),
+    ]

@@ -232,14 +232,18 @@ class JobProgress:
         if job_id in self._stop_requested:
             request.document.close()  # the printer would have; it never gets it
             return
-        counts = _Counts(Throttle(self._progress_interval))
+        counts = _Counts(Throttle(self._progress_interval, since=self._clock()))
         result = await printer.print(
             request,
             on_submitted=partial(self._record_printer_job, job_id, lane),
             on_progress=partial(self._record_progress, job_id, lane, counts),
         )
         if result.outcome is PrintOutcome.completed:
-            finish = partial(jobs.finish, impressions=counts.impressions, sheets=counts.sheets)
+            # A total of 0 for a completed job says the printer does not count (ippeveprinter
+            # whose command reports nothing): not known, rather than nothing printed.
+            finish = partial(
+                jobs.finish, impressions=counts.impressions or None, sheets=counts.sheets or None
+            )
             await self.transition(job_id, finish, lane)
         elif result.outcome is PrintOutcome.failed:
             await self.fail(job_id, result.reason or "the printer aborted the job", lane)
