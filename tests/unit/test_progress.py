@@ -11,6 +11,8 @@ from uuid import UUID
 
 import pytest
 
+from service.adapters.ipp.encoding import Attribute, Group, GroupTag, ValueTag
+from service.adapters.printers import ipp
 from service.adapters.printers.simulated import SimulatedPrinter, page_count
 from service.adapters.store.rows import job_from_row, job_row
 from service.core import jobs
@@ -318,3 +320,24 @@ async def test_a_printer_that_counts_nothing_leaves_the_totals_unknown():
         (JobStatus.started, 2, None, None),
         (JobStatus.finished, 3, None, None),
     ]
+
+
+# --- the IPP printer's counters -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ((ValueTag.integer, 3), 3),
+        ((ValueTag.integer, 0), 0),
+        ((ValueTag.integer, -2), None),  # a hostile printer's
+        ((ValueTag.boolean, True), None),
+        ((ValueTag.keyword, "five"), None),
+        ((ValueTag.no_value,), None),
+    ],
+)
+def test_an_ipp_counter_is_read_only_as_a_count(values: tuple[Any, ...], expected: int | None):
+    tag, *data = values
+    job = Group(GroupTag.job, (Attribute.of("job-impressions-completed", tag, *data),))
+    assert ipp._count(job, "job-impressions-completed") == expected
+    assert ipp._count(job, "job-media-sheets-completed") is None
