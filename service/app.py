@@ -101,6 +101,7 @@ class Service:
             coordinator=self.coordinator,
             metrics=self.metrics,
             max_interruptions=settings.print_max_interruptions,
+            progress_interval=settings.progress_interval,
         )
         # None with AUTH_DISABLED; a ConfigError without keys (fail closed).
         self.access = settings.access_control()

@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     document_allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # A job whose printing the service's stop interrupted this many times fails instead.
     print_max_interruptions: int = Field(default=3, ge=1, le=100)
+    # At most one progress event (a repeated `started`) per job per this many seconds; 0: none.
+    progress_interval: float = Field(default=5.0, ge=0)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)

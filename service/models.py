@@ -421,6 +421,20 @@ class PrintJobEvent(BaseModel):
             pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
         ),
     ] = None
+    impressionsCompleted: Annotated[
+        int | None,
+        Field(
+            description="Impressions (printed sides) the printer reports done so far: on a repeated\n`started` event (progress, a new `sequence` each time; it never decreases), and\non `finished` the total, when the printer says. A snapshot carries the last known.\n",
+            ge=0,
+        ),
+    ] = None
+    sheetsCompleted: Annotated[
+        int | None,
+        Field(
+            description="Media sheets the printer reports done so far, beside `impressionsCompleted`, when\nthe printer counts them (a duplex sheet holds two impressions).\n",
+            ge=0,
+        ),
+    ] = None
 
 
 class FieldError(BaseModel):

@@ -28,6 +28,7 @@ __all__ = [
     "JobStore",
     "LaneCallback",
     "LaneLost",
+    "OnProgress",
     "OnSubmitted",
     "OutboxRecord",
     "PrintOutcome",
@@ -286,6 +287,11 @@ class PrintRequest:
 
 OnSubmitted = Callable[[str], Awaitable[None]]
 
+OnProgress = Callable[[int, int | None], Awaitable[None]]
+"""`on_progress(impressions, sheets)`: what the printer says it has done of the job so far
+(sheets None when it does not count them). Called whenever the counts change, the last time
+with the totals before `print` returns; the caller decides how often that becomes an event."""
+
 
 class PrinterUnavailable(Exception):  # noqa: N818 - a state, not a bug
     """The printer has been unreachable or stopped for longer than its deadline."""
@@ -304,12 +310,18 @@ class Printer(Protocol):
         ...
 
     async def print(
-        self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
+        self,
+        request: PrintRequest,
+        *,
+        on_submitted: OnSubmitted | None = None,
+        on_progress: OnProgress | None = None,
     ) -> PrintResult:
         """Returns when the printer says the job is done, failed, or was stopped.
 
         `on_submitted` is given a reference to the printer's job once it has one, for
         `PrintRequest.printer_job` if the job must be taken up again (a restart, a takeover).
+        `on_progress` is told the impressions (and sheets) completed as they change, if the
+        printer reports them; an exception it raises does not stop the print.
         """
         ...
 

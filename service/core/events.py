@@ -103,6 +103,9 @@ def job_event(
         updated=[UpdatableField(name) for name in updated] or None,
         priority=job.priority if updated else None,
         movedFrom=moved_from,
+        # Progress so far (a repeated `started`, a snapshot), or the totals of `finished`.
+        impressionsCompleted=job.impressions,
+        sheetsCompleted=job.sheets,
     )
     return Outgoing(
         message_id=str(event_id),

@@ -8,6 +8,7 @@ created ──start──▶ started ──finish──▶ finished
  └─────fail───▶ failed ◀──fail (printer aborted, unreachable, refused an option)
 created ──update──▶ created (priority or options changed; a new sequence)
 created ──move────▶ created (on another queue, its age and priority kept; a new sequence)
+started ──progress──▶ started (the printer's impressions and sheets grew; a new sequence)
 ```
 
 Every function here returns either the changed job or a `Refusal` that says why the change
@@ -48,6 +49,7 @@ __all__ = [
     "fail",
     "finish",
     "move",
+    "progress",
     "request_digest",
     "start",
     "update",
@@ -101,6 +103,10 @@ class Job:
     interruptions: int = 0
     # Left `started` by a clean stop: the next holder resumes it without counting that.
     handed_over: bool = False
+    # What the printer reported done (impressions: printed sides; sheets: media sheets),
+    # the totals once finished; None until it reports them.
+    impressions: int | None = None
+    sheets: int | None = None
 
     @property
     def is_final(self) -> bool:
@@ -221,14 +227,49 @@ def start(job: Job, *, now: datetime) -> Job | Refusal:
     return Refusal(RejectionReason.job_started, f"job {job.job_id!r} has already started")
 
 
-def finish(job: Job, *, now: datetime) -> Job | Refusal:
-    """The printer said the job is done."""
+def finish(
+    job: Job, *, now: datetime, impressions: int | None = None, sheets: int | None = None
+) -> Job | Refusal:
+    """The printer said the job is done; with the totals it reported last, if any (else the
+    job keeps what progress recorded)."""
     if job.status is JobStatus.started:
-        return _advance(job, JobStatus.finished, now)
+        finished = _advance(job, JobStatus.finished, now)
+        return dataclasses.replace(
+            finished,
+            impressions=job.impressions if impressions is None else impressions,
+            sheets=job.sheets if sheets is None else sheets,
+        )
     if job.is_final:
         return _final_refusal(job)
     return Refusal(
         RejectionReason.job_started, f"job {job.job_id!r} cannot finish before it starts"
+    )
+
+
+def progress(job: Job, *, impressions: int, sheets: int | None, now: datetime) -> Job | Refusal:
+    """The printer reported how far it got: a started job records it as a new change (its
+    status stays `started`). Refused unless the numbers grew: a count that did not move
+    says nothing new, and one that fell (the printer began the job again) must not make a
+    consumer's progress go backwards."""
+    if job.status is not JobStatus.started:
+        if job.is_final:
+            return _final_refusal(job)
+        return Refusal(
+            RejectionReason.job_started, f"job {job.job_id!r} has no progress before it starts"
+        )
+    if impressions < 0 or (sheets is not None and sheets < 0):
+        return Refusal(RejectionReason.job_conflict, "a negative count is not progress")
+    before = (job.impressions or 0, job.sheets or 0)
+    after = (impressions, before[1] if sheets is None else sheets)
+    fell = after[0] < before[0] or after[1] < before[1]
+    if fell or after == before:
+        return Refusal(RejectionReason.job_conflict, f"job {job.job_id!r} made no progress")
+    return dataclasses.replace(
+        job,
+        sequence=job.sequence + 1,
+        updated_at=now,
+        impressions=impressions,
+        sheets=job.sheets if sheets is None else sheets,
     )
 
 

@@ -27,6 +27,7 @@ from service.ports import (
     Document,
     DocumentUnavailable,
     InlineDocument,
+    OnProgress,
     OnSubmitted,
     Printer,
     PrintOutcome,
@@ -207,6 +208,8 @@ class FakePrinter:
     - `offline()`: `ready` waits (the printer takes no job) until `online()`;
     - `hold()`: prints wait until `release()` (or a cancel of that job);
     - `ready_error` / `print_error`: raised by `ready` / `print` while set;
+    - `progress`: counts (impressions, sheets) it reports while printing, in order, each
+      after `before_report()` if set (a test moves its clock there);
     - `requests`, `canceled`, `submitted`: what the dispatcher asked of it.
     """
 
@@ -219,6 +222,8 @@ class FakePrinter:
         self.results: deque[PrintResult] = deque()
         self.ready_error: BaseException | None = None
         self.print_error: BaseException | None = None
+        self.progress: list[tuple[int, int | None]] = []
+        self.before_report: Callable[[], None] | None = None
         self.printing = asyncio.Event()  # set while a print is under way
         self._gate: asyncio.Event | None = None
         self._online = asyncio.Event()
@@ -245,7 +250,11 @@ class FakePrinter:
         await self._online.wait()
 
     async def print(
-        self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
+        self,
+        request: PrintRequest,
+        *,
+        on_submitted: OnSubmitted | None = None,
+        on_progress: OnProgress | None = None,
     ) -> PrintResult:
         self.requests.append(request)
         try:
@@ -255,6 +264,11 @@ class FakePrinter:
             if on_submitted is not None:
                 await on_submitted(reference)
             self.submitted.append(reference)
+            for impressions, sheets in self.progress:
+                if self.before_report is not None:
+                    self.before_report()
+                if on_progress is not None:
+                    await on_progress(impressions, sheets)
             self.printing.set()
             self._notify()
             if (gate := self._gate) is not None:

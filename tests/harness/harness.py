@@ -74,6 +74,7 @@ class Harness:
         api_keys: frozenset[str] | None = None,
         access: AccessControl | None = None,
         max_interruptions: int = 3,
+        progress_interval: float = 5.0,
         concurrency: int = 8,
         start: datetime = EPOCH,
         changes: Changes | None = None,
@@ -98,6 +99,7 @@ class Harness:
             coordinator=Solo("harness"),
             metrics=self.metrics,
             max_interruptions=max_interruptions,
+            progress_interval=progress_interval,
             clock=self.clock,
             new_id=self.ids,
         )

@@ -2,7 +2,8 @@
 
 Each printer runs a script for every job: it records the environment it is given next to
 the spool file (`<spool file>.env`; ippeveprinter passes the job's attributes as IPP_*
-variables, e.g. IPP_SIDES, IPP_PAGE_RANGES), sleeps `print_seconds` (read from a file at
+variables, e.g. IPP_SIDES, IPP_PAGE_RANGES), reports its impressions if asked
+(`report_impressions`), sleeps `print_seconds` (read from a file at
 each job, so a test can change it between jobs), goes on printing while the test holds the
 printer (`hold`, until `release`), and exits 0. The printer's documents stay in its spool
 directory (`-k`).
@@ -54,6 +55,18 @@ _SCRIPT: Final = """#!/bin/sh
 # ippeveprinter runs this for each job with the spool file as $1 and the job's attributes
 # as IPP_* variables. Written whole, then renamed: a test that sees the file can read it.
 env -0 > "$1.env.tmp" && mv "$1.env.tmp" "$1.env"
+# With the report file, it says each impression done, as ippeveps does: ATTR lines on
+# stderr, one per page of the PDF per copy, `report` seconds apart.
+if [ -e {report_file} ]; then
+  pages=$(grep -c '/Type /Page /' "$1")
+  total=$((pages * ${{IPP_COPIES:-1}}))
+  n=0
+  while [ "$n" -lt "$total" ]; do
+    sleep "$(cat {report_file})"
+    n=$((n + 1))
+    echo "ATTR: job-impressions-completed=$n" >&2
+  done
+fi
 sleep "$(cat {seconds_file})"
 while [ -e {hold_file} ]; do sleep 0.02; done
 exit 0
@@ -146,10 +159,12 @@ class IppEvePrinter:
         self._seconds_file = workdir / "print-seconds"
         self._script = workdir / "print-command.sh"
         self._hold_file = workdir / "hold"
+        self._report_file = workdir / "report-impressions"
         self._script.write_text(
             _SCRIPT.format(
                 seconds_file=shlex.quote(str(self._seconds_file)),
                 hold_file=shlex.quote(str(self._hold_file)),
+                report_file=shlex.quote(str(self._report_file)),
             )
         )
         self._script.chmod(0o755)
@@ -166,6 +181,15 @@ class IppEvePrinter:
     def print_seconds(self, seconds: float) -> None:
         """How long the next jobs print for."""
         self._seconds_file.write_text(f"{seconds:g}\n")
+
+    def report_impressions(self, every: float | None) -> None:
+        """The next jobs' command reports each impression done (the PDF's pages times the
+        copies), `every` seconds apart, as ippeveprinter's own ippeveps would; None: it
+        reports nothing (ippeveprinter then says 0 impressions completed)."""
+        if every is None:
+            self._report_file.unlink(missing_ok=True)
+        else:
+            self._report_file.write_text(f"{every:g}\n")
 
     def hold(self) -> None:
         """Jobs go on printing (their command runs) until `release`: a job that must still

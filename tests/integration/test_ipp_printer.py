@@ -128,6 +128,38 @@ async def test_a_pdf_prints_and_lands_in_the_spool(ippeve, make_printer):
     assert "IPP_COPIES" not in job.env  # one copy is the default; it is not sent
 
 
+async def test_the_impressions_the_printer_counts_are_reported_as_they_grow(ippeve, make_printer):
+    """ippeveprinter reports `job-impressions-completed` as its command says them (ATTR
+    lines, as ippeveps writes); it has no `job-media-sheets-completed`, so sheets stay None."""
+    ippeve.report_impressions(every=0.15)
+    ippeve.print_seconds = 0
+    reports: list[tuple[int, int | None]] = []
+
+    async def on_progress(impressions: int, sheets: int | None) -> None:
+        reports.append((impressions, sheets))
+
+    result = await make_printer().print(a_request(copies=2), on_progress=on_progress)
+
+    assert result.outcome == PrintOutcome.completed
+    impressions = [count for count, _ in reports]
+    assert impressions == sorted(set(impressions)), "only changes, never backwards"
+    assert impressions[-1] == 10  # five pages, two copies: the totals, before it returns
+    assert len([count for count in impressions if 0 < count < 10]) >= 2, reports
+    assert {sheets for _, sheets in reports} == {None}
+
+
+async def test_a_printer_whose_command_counts_nothing_reports_zero_once(ippeve, make_printer):
+    reports: list[tuple[int, int | None]] = []
+
+    async def on_progress(impressions: int, sheets: int | None) -> None:
+        reports.append((impressions, sheets))
+
+    result = await make_printer().print(a_request(), on_progress=on_progress)
+
+    assert result.outcome == PrintOutcome.completed
+    assert reports == [(0, None)]
+
+
 async def test_every_option_reaches_the_printer(ippeve, make_printer):
     printer = make_printer()
     request = a_request(

@@ -240,6 +240,36 @@ async def test_an_update_is_stored(store: JobStore):
     assert stored.options == command.options
 
 
+async def test_progress_and_totals_are_stored_and_survive_a_restart(make_store: StoreFactory):
+    store = make_store()
+    await store.open()
+    started = jobs.start(a_job("progress-1"), now=T0)
+    assert isinstance(started, jobs.Job)
+    changes = [started]
+    for impressions in (2, 5):
+        grown = jobs.progress(changes[-1], impressions=impressions, sheets=impressions, now=T0)
+        assert isinstance(grown, jobs.Job)
+        changes.append(grown)
+    finished = jobs.finish(changes[-1], now=T0, impressions=6, sheets=3)
+    assert isinstance(finished, jobs.Job)
+    for change in [*changes, finished]:  # each a row of the history, by its sequence
+        async with store.record_progress("q1") as tx:
+            tx.put(change)
+            tx.emit(event_of(change))
+        await tx.durable
+    await store.close()
+
+    reopened = make_store()
+    await reopened.open()
+    try:
+        stored = await reopened.read_job("progress-1")
+        assert stored == finished
+        assert stored is not None
+        assert (stored.sequence, stored.impressions, stored.sheets) == (5, 6, 3)
+    finally:
+        await reopened.close()
+
+
 async def test_counts_are_per_queue_and_status(store: JobStore):
     queue = f"counts-{uuid.uuid4().hex[:6]}"
     first, second, other = a_print_job("c-1", queue), a_print_job("c-2", queue), a_print_job("c-3")

@@ -832,9 +832,11 @@ class SlowToStop(FakePrinter):
         super().__init__(name)
         self.stopped = asyncio.Event()
 
-    async def print(self, request: PrintRequest, *, on_submitted: Any = None) -> PrintResult:
+    async def print(
+        self, request: PrintRequest, *, on_submitted: Any = None, on_progress: Any = None
+    ) -> PrintResult:
         try:
-            return await super().print(request, on_submitted=on_submitted)
+            return await super().print(request, on_submitted=on_submitted, on_progress=on_progress)
         except asyncio.CancelledError:
             await self.stopped.wait()
             raise

@@ -32,6 +32,7 @@ from service.adapters.ipp.encoding import Group, Status
 from service.aio import sleep_unless
 from service.core.backoff import Backoff
 from service.ports import (
+    OnProgress,
     OnSubmitted,
     PrinterUnavailable,
     PrintOutcome,
@@ -45,7 +46,14 @@ log = structlog.get_logger(__name__)
 
 _PRINTER_ATTRIBUTES: Final = ("printer-state", "printer-state-reasons", "printer-is-accepting-jobs")
 # job-uuid tells a job from another one given the same job-id after a printer restart.
-_JOB_ATTRIBUTES: Final = ("job-state", "job-state-reasons", "job-state-message", "job-uuid")
+_JOB_ATTRIBUTES: Final = (
+    "job-state",
+    "job-state-reasons",
+    "job-state-message",
+    "job-uuid",
+    "job-impressions-completed",
+    "job-media-sheets-completed",
+)
 _BACKOFF_FIRST_S: Final = 0.2
 _BACKOFF_CAP_S: Final = 2.0
 # Each pause is cut by up to half at random, so that printers coming back are not hit at once.
@@ -116,6 +124,9 @@ class _Printing:
     # The printer's job-uuid for our job, once known; whether `on_submitted` was told.
     known_uuid: object = None
     reported: bool = False
+    on_progress: OnProgress | None = None
+    # The counts last given to `on_progress`: it hears only of changes.
+    progress: tuple[int, int | None] | None = None
 
 
 class IppPrinter:
@@ -207,12 +218,16 @@ class IppPrinter:
             await asyncio.sleep(min(backoff.delay(), self._offline_deadline - waited))
 
     async def print(
-        self, request: PrintRequest, *, on_submitted: OnSubmitted | None = None
+        self,
+        request: PrintRequest,
+        *,
+        on_submitted: OnSubmitted | None = None,
+        on_progress: OnProgress | None = None,
     ) -> PrintResult:
         if self._printing is not None:
             request.document.close()
             raise RuntimeError(f"printer {self.name} is already printing {self._printing.job_id}")
-        printing = _Printing(request.job_id, on_submitted=on_submitted)
+        printing = _Printing(request.job_id, on_submitted=on_submitted, on_progress=on_progress)
         self._printing = printing
         try:
             return await self._print(request, printing)
@@ -407,6 +422,7 @@ class IppPrinter:
                 log.info("ipp_printer_back", printer=self.name, job_id=request.job_id)
                 outage.ended()
             job_uuid = await self._identify(request, printing, job, job_uuid)
+            await self._progress(request, printing, job)
             state = _job_state(job)
             if state != reported:
                 log.info(
@@ -421,6 +437,21 @@ class IppPrinter:
             if state is not None and state.terminal:
                 return self._result(state, job, printing)
             await self._pause(self._poll_interval, printing)
+
+    async def _progress(self, request: PrintRequest, printing: _Printing, job: Group) -> None:
+        """Tell the caller the job's completed impressions (and sheets) when they changed:
+        polled with its state, so the last poll, which sees it end, gives the totals."""
+        impressions = _count(job, "job-impressions-completed")
+        if impressions is None or printing.on_progress is None:
+            return  # a printer that does not count them (or not yet)
+        counts = (impressions, _count(job, "job-media-sheets-completed"))
+        if counts == printing.progress:
+            return
+        printing.progress = counts
+        try:
+            await printing.on_progress(*counts)
+        except Exception:  # noqa: BLE001 - printing goes on; the next change is reported
+            log.warning("ipp_progress_not_recorded", printer=self.name, job_id=request.job_id)
 
     def _result(self, state: JobState, job: Group, printing: _Printing) -> PrintResult:
         message = job.get("job-state-message")
@@ -479,6 +510,14 @@ def _reasons(group: Group, name: str) -> tuple[str, ...]:
     if attribute is None:
         return ()
     return tuple(str(value) for value in attribute.all if value not in {None, "none"})
+
+
+def _count(job: Group, name: str) -> int | None:
+    """A counter of the job, if the printer gave one as an integer (a hostile printer's
+    other types, or a negative value, count as not given)."""
+    attribute = job.get(name)
+    value = attribute.first if attribute is not None else None
+    return value if type(value) is int and value >= 0 else None
 
 
 def _job_state(job: Group) -> JobState | None:

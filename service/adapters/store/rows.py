@@ -144,6 +144,10 @@ def _details(job: Job) -> str:
         details["interruptions"] = job.interruptions
     if job.handed_over:
         details["handedOver"] = True
+    if job.impressions is not None:
+        details["impressions"] = job.impressions
+    if job.sheets is not None:
+        details["sheets"] = job.sheets
     return json.dumps(details, separators=(",", ":"))
 
 
@@ -172,6 +176,9 @@ def _print_request(text: str | None) -> dict[str, Any]:
         result["interruptions"] = details["interruptions"]
     if details.get("handedOver"):
         result["handed_over"] = True
+    for key in ("impressions", "sheets"):
+        if key in details:
+            result[key] = details[key]
     return result
 
 

@@ -23,6 +23,7 @@ from service.application.dispatch.spawner import Spawner
 from service.core import jobs
 from service.core.clock import Clock, IdSource
 from service.core.events import job_event
+from service.core.throttle import Throttle
 from service.metrics import Metrics
 from service.models import JobStatus, PrintOptions, RejectionReason
 from service.ports import (
@@ -55,6 +56,16 @@ class _Print:
     lane: str
 
 
+@dataclass(slots=True)
+class _Counts:
+    """What the printer reported last of one print: the totals `finished` carries (also the
+    reports the throttle kept from becoming events)."""
+
+    throttle: Throttle
+    impressions: int | None = None
+    sheets: int | None = None
+
+
 class JobProgress:
     """Prints jobs and records what their printers report.
 
@@ -74,13 +85,17 @@ class JobProgress:
         spawner: Spawner,
         reload: Callable[[str], None],
         lane_of: Callable[[str], str],
+        progress_interval: float = 0.0,
     ) -> None:
+        """`progress_interval`: at most one progress event per job per that many seconds of
+        `clock`; 0 records none (the totals still go on `finished`)."""
         self._store = store
         self._documents = documents
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
         self._max_interruptions = max_interruptions
+        self._progress_interval = progress_interval
         self._spawner = spawner
         self._reload = reload
         self._lane_of = lane_of
@@ -220,11 +235,19 @@ class JobProgress:
         if job_id in self._stop_requested:
             request.document.close()  # the printer would have; it never gets it
             return
+        counts = _Counts(Throttle(self._progress_interval, since=self._clock()))
         result = await printer.print(
-            request, on_submitted=partial(self._record_printer_job, job_id, lane)
+            request,
+            on_submitted=partial(self._record_printer_job, job_id, lane),
+            on_progress=partial(self._record_progress, job_id, lane, counts),
         )
         if result.outcome is PrintOutcome.completed:
-            await self.transition(job_id, jobs.finish, lane)
+            # A total of 0 for a completed job says the printer does not count (ippeveprinter
+            # whose command reports nothing): not known, rather than nothing printed.
+            finish = partial(
+                jobs.finish, impressions=counts.impressions or None, sheets=counts.sheets or None
+            )
+            await self.transition(job_id, finish, lane)
         elif result.outcome is PrintOutcome.failed:
             await self.fail(job_id, result.reason or "the printer aborted the job", lane)
         elif job_id not in self._stop_requested:
@@ -331,6 +354,28 @@ class JobProgress:
         except (StoreError, StoreRefused) as exc:
             log.warning("printer_job_not_recorded", job_id=job_id, error=str(exc))
 
+    async def _record_progress(
+        self, job_id: str, lane: str, counts: _Counts, impressions: int, sheets: int | None
+    ) -> None:
+        """What the printer has done so far: kept for `finished`, and recorded as a
+        `started` event with a new sequence when the throttle lets it. Best effort, like the
+        printer's job: the print goes on if the store is away (the totals still come)."""
+        if not _count(impressions) or not (sheets is None or _count(sheets)):
+            log.warning("printer_progress_ignored", job_id=job_id, impressions=repr(impressions))
+            return  # a printer's odd answer; what it reports next may do
+        counts.impressions = impressions
+        if sheets is not None:
+            counts.sheets = sheets
+        now = self._clock()
+        if job_id in self._stop_requested or not counts.throttle.due(now):
+            return
+        counts.throttle.passed(now)
+        change = partial(jobs.progress, impressions=impressions, sheets=sheets)
+        try:
+            await self.transition(job_id, change, lane)
+        except (StoreError, StoreRefused) as exc:
+            log.warning("progress_not_recorded", job_id=job_id, error=str(exc))
+
     async def _apply(self, job_id: str, change: Transition, lane: str) -> jobs.Job | None:
         async with self._store.record_progress(lane) as tx:
             job = await tx.get(job_id)
@@ -368,3 +413,8 @@ class JobProgress:
             return
         log.error("transition_not_committed", job_id=job_id, error=str(error))
         self._reload(job_id)
+
+
+def _count(value: object) -> bool:
+    """A count a printer may report: a non-negative int that fits the store (not a bool)."""
+    return type(value) is int and 0 <= value < 2**31

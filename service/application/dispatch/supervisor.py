@@ -44,6 +44,7 @@ class PrintDispatcher:
         coordinator: Coordinator,
         metrics: Metrics,
         max_interruptions: int = 3,
+        progress_interval: float = 0.0,
         clock: Clock = utc_now,
         new_id: IdSource = new_id,
     ) -> None:
@@ -68,6 +69,7 @@ class PrintDispatcher:
             spawner=self._spawner,
             reload=self._takeover.reload,
             lane_of=self._lane,
+            progress_interval=progress_interval,
         )
         self._waiting = WaitingRoom(clock=clock, on_expired=self._expired)
         self._workers = LaneWorkers(
