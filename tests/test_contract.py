@@ -92,6 +92,7 @@ def test_seed_messages_and_extensions_are_there(contract: dict[str, Any]):
         "getPrintJobStatus",
         "updatePrintJob",
         "getPrintCounts",
+        "listPrintJobs",
     }
     assert {s.value for s in JobStatus} == {"created", "started", "finished", "canceled", "failed"}
     assert "unauthorized" in {r.value for r in RejectionReason}

@@ -38,6 +38,7 @@ from service.models import (
     GetPrintCounts,
     GetPrintJobStatus,
     InlineDocument,
+    ListPrintJobs,
     MessageType,
     PrintJobEvent,
     RejectionReason,
@@ -53,7 +54,14 @@ __all__ = [
     "valid_queue_id",
 ]
 
-Command = CreatePrintJob | CancelPrintJob | GetPrintJobStatus | UpdatePrintJob | GetPrintCounts
+Command = (
+    CreatePrintJob
+    | CancelPrintJob
+    | GetPrintJobStatus
+    | UpdatePrintJob
+    | GetPrintCounts
+    | ListPrintJobs
+)
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.createPrintJob: CreatePrintJob,
@@ -61,6 +69,7 @@ MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.getPrintJobStatus: GetPrintJobStatus,
     MessageType.updatePrintJob: UpdatePrintJob,
     MessageType.getPrintCounts: GetPrintCounts,
+    MessageType.listPrintJobs: ListPrintJobs,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(
@@ -107,7 +116,7 @@ class DecodedCommand:
 
     @property
     def job_id(self) -> str | None:
-        """The command's jobId; `getPrintCounts` has none."""
+        """The command's jobId; `getPrintCounts` and `listPrintJobs` have none."""
         return getattr(self.message, "jobId", None)
 
 
