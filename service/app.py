@@ -40,6 +40,7 @@ from service.aio import sleep_unless
 from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
 from service.application.relay import OutboxRelay
+from service.application.retention import Retention
 from service.config import ConfigError, Settings
 from service.core.access import AccessConfigError
 from service.core.codec import CommandDecoder
@@ -126,6 +127,15 @@ class Service:
             queues=self.queues,
             dispatcher=self.dispatcher,
             metrics=self.metrics,
+            list_max=settings.job_list_max,
+        )
+        self.retention = Retention(
+            self.store,
+            retention=settings.job_retention,
+            metrics=self.metrics,
+            batch=settings.job_purge_batch,
+            pause=settings.job_purge_pause,
+            interval=settings.job_purge_interval,
         )
         self.ingress = MqttIngress(
             options=IngressOptions.from_settings(settings),
@@ -220,6 +230,7 @@ class Service:
                 if self.keys is not None:
                     start("keys", self.keys.run(self.stopping))
                 start("ingress", self._ingest(ingress_done))
+                start("retention", self.retention.run(self.stopping))
                 start("ready", self._announce_ready())
         finally:
             await self.printers.close()

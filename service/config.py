@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, ClassVar, Literal
@@ -148,12 +149,32 @@ class Settings(BaseSettings):
     print_max_interruptions: int = Field(default=3, ge=1, le=100)
     # At most one progress event (a repeated `started`) per job per this many seconds; 0: none.
     progress_interval: float = Field(default=5.0, ge=0)
+    # How long final jobs are kept (seconds, or an ISO 8601 duration such as P7D), then
+    # purged with their history, JOB_PURGE_BATCH a transaction, JOB_PURGE_PAUSE apart.
+    job_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    job_purge_batch: int = Field(default=500, ge=1, le=100_000)
+    job_purge_pause: float = Field(default=0.5, ge=0)
+    # How often the retention looks for jobs to purge once it has caught up.
+    job_purge_interval: float = Field(default=60.0, gt=0)
+    # The most jobs a `listPrintJobs` page holds (a larger `limit` is lowered to it).
+    job_list_max: int = Field(default=100, ge=1, le=10_000)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_timeout: float = Field(default=20.0, gt=0)
+
+    @field_validator("job_retention", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        # A plain number is seconds; anything else is pydantic's (P7D, 7 days, 12:00:00).
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:
+                return value
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -70,6 +70,11 @@ class Metrics:
             "Age of the oldest message waiting for the AMQP broker's confirm (0 when none).",
             registry=registry,
         )
+        self.jobs_purged = Counter(
+            "print_jobs_purged_total",
+            "Final jobs forgotten (with their history and documents) after JOB_RETENTION.",
+            registry=registry,
+        )
         self.commits = Counter(
             "print_store_commits_total",
             "Store commits (each may carry many changes: group commit).",

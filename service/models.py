@@ -42,6 +42,7 @@ class MessageType(StrEnum):
     updatePrintJob = "updatePrintJob"
     getPrintCounts = "getPrintCounts"
     movePrintJob = "movePrintJob"
+    listPrintJobs = "listPrintJobs"
 
 
 class RejectionReason(StrEnum):
@@ -52,12 +53,13 @@ class RejectionReason(StrEnum):
     - `invalid_json`: the body is not a JSON object;
     - `unknown_message_type`: `x-message-type` names no command of this contract;
     - `ambiguous_command`: a bare payload whose type cannot be told;
-    - `schema_violation`: the payload or headers do not match the message's schema;
+    - `schema_violation`: the payload or headers do not match the message's schema (or
+      a `listPrintJobs` cursor is not one the service issued);
     - `unauthorized`: the `x-api-key` header is missing, not a configured key, or the
       command carries two different keys (nothing else of the command is read);
     - `forbidden`: the key is valid, but may not send this command (it lacks the scope,
       `write:job` for create, cancel, update and move (a move: on both
-      queues), `read:job` for status and counts), or
+      queues), `read:job` for status, counts and lists), or
       not to this queue, or may not create a job with this jobId (a tenant's key creates
       only jobs whose ids begin with its prefix);
     - `rate_limited`: the key sent more commands than its rate allows; `retryAfter` says
@@ -139,6 +141,7 @@ class CommandHeaders(BaseModel):
 class XMessageType(StrEnum):
     printJobEvent = "printJobEvent"
     printCounts = "printCounts"
+    printJobList = "printJobList"
     commandRejected = "commandRejected"
 
 
@@ -317,6 +320,74 @@ class StatusCounts(BaseModel):
     finished: Annotated[int, Field(ge=0)]
     canceled: Annotated[int, Field(ge=0)]
     failed: Annotated[int, Field(ge=0)]
+
+
+class ListPrintJobs(BaseModel):
+    """
+    Filters (all optional, combined) and the page wanted; the queue is the topic's.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    status: JobStatus | None = None
+    userId: Annotated[
+        str | None,
+        Field(
+            description="Only the jobs of this user.",
+            max_length=256,
+            pattern="^[^\\u0000-\\u001f\\u007f]*$",
+        ),
+    ] = None
+    since: Annotated[
+        AwareDatetime | None, Field(description="Only the jobs created at or after this moment.")
+    ] = None
+    limit: Annotated[
+        int | None,
+        Field(
+            description="At most this many jobs (the service lowers it to its page size, `JOB_LIST_MAX`;\nabsent: the page size).\n",
+            ge=1,
+        ),
+    ] = None
+    cursor: Annotated[
+        str | None,
+        Field(
+            description="The `nextCursor` of the previous page, as it was given.",
+            max_length=512,
+            min_length=1,
+            pattern="^[A-Za-z0-9_-]+$",
+        ),
+    ] = None
+
+
+class JobSummary(BaseModel):
+    """
+    A job as a list shows it; `getPrintJobStatus` gives the rest.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    jobId: Annotated[
+        str,
+        Field(
+            description="Job Id. Letters, digits and `._:-`, at most 128 characters: it is part of the\nAMQP routing key `events/{jobId}`.\n",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    status: JobStatus
+    sequence: Annotated[int, Field(ge=1)]
+    priority: Priority
+    userId: str | None = None
+    title: Annotated[
+        str | None,
+        Field(description="The job's title (or the deprecated `documentName`) when it has one."),
+    ] = None
+    createdAt: AwareDatetime
+    updatedAt: Annotated[AwareDatetime, Field(description="When its status last changed.")]
+    reason: str | None = None
 
 
 class CancelPrintJob(BaseModel):
@@ -509,6 +580,18 @@ class PrintCountsHeaders(RootModel[EventHeaders]):
     root: EventHeaders
 
 
+class ListPrintJobsPayload(RootModel[ListPrintJobs]):
+    root: ListPrintJobs
+
+
+class ListPrintJobsHeaders(RootModel[CommandHeaders]):
+    root: CommandHeaders
+
+
+class PrintJobListHeaders(RootModel[EventHeaders]):
+    root: EventHeaders
+
+
 class CommandEnvelopePayload(RootModel[CommandEnvelope]):
     root: CommandEnvelope
 
@@ -596,6 +679,30 @@ class PrintCounts(BaseModel):
     counts: StatusCounts
 
 
+class PrintJobList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    eventId: UUID
+    queueId: Annotated[
+        str,
+        Field(
+            description="The identifier of the print queue (the last level of the MQTT topic).",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    timestamp: Annotated[AwareDatetime, Field(description="When the page was read.")]
+    query: ListPrintJobs
+    jobs: Annotated[
+        list[JobSummary], Field(description="Newest first (by creation time, then jobId).")
+    ]
+    nextCursor: Annotated[
+        str | None,
+        Field(description="Absent on the last page; else the `cursor` of the next page."),
+    ] = None
+
+
 class CommandRejected(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -657,6 +764,10 @@ class UpdatePrintJobPayload(RootModel[UpdatePrintJob]):
 
 class PrintCountsPayload(RootModel[PrintCounts]):
     root: PrintCounts
+
+
+class PrintJobListPayload(RootModel[PrintJobList]):
+    root: PrintJobList
 
 
 class CommandRejectedPayload(RootModel[CommandRejected]):

@@ -10,11 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
+from service.core.listing import JobQuery
 from service.models import JobStatus, PrintOptions
 
 __all__ = [
@@ -102,6 +104,12 @@ class StoreTransaction(Protocol):
 
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         """The queue's jobs per status (statuses with none may be missing)."""
+        ...
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        """At most `query.limit` of the queue's jobs that match it, newest first (by
+        created_at, then job_id, descending), below `query.after`: served by the index
+        (queue_id, created_at, job_id), and seeing what the transaction wrote."""
         ...
 
     def emit(self, message: Outgoing) -> None: ...
@@ -213,6 +221,12 @@ class JobStore(Protocol):
 
     async def waiting_jobs(self) -> Sequence[Job]:
         """Jobs that are created or started: what a restart must pick up again."""
+        ...
+
+    async def purge_jobs(self, before: datetime, limit: int) -> int:
+        """Forget at most `limit` final jobs last changed before `before`, with their
+        history and documents, in one transaction; returns how many. Idempotent, and safe
+        from several replicas at once (PostgreSQL skips rows another one is deleting)."""
         ...
 
     async def close(self) -> None: ...

@@ -93,6 +93,7 @@ def test_seed_messages_and_extensions_are_there(contract: dict[str, Any]):
         "updatePrintJob",
         "getPrintCounts",
         "movePrintJob",
+        "listPrintJobs",
     }
     assert {s.value for s in JobStatus} == {"created", "started", "finished", "canceled", "failed"}
     assert "unauthorized" in {r.value for r in RejectionReason}

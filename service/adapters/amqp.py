@@ -156,8 +156,9 @@ class AmqpPublisher:
                 )
                 await queue.bind(exchange, routing_key="#")
                 self._exchanges[kind] = exchange
-            # Counts answers share the events exchange (and so the `events/jobs` queue).
+            # Counts and list answers share the events exchange (and the `events/jobs` queue).
             self._exchanges[Kind.counts] = self._exchanges[Kind.job_event]
+            self._exchanges[Kind.job_list] = self._exchanges[Kind.job_event]
         except ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"RabbitMQ already has {EVENTS_QUEUE!r} or {REJECTIONS_QUEUE!r} declared with "

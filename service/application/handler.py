@@ -26,15 +26,25 @@ from service.application.dispatch import PrintDispatcher
 from service.core import jobs
 from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection
-from service.core.events import Outgoing, counts_event, job_event, rejection_event
+from service.core.events import (
+    Outgoing,
+    counts_event,
+    job_event,
+    job_list_event,
+    rejection_event,
+)
+from service.core.listing import BadCursor, PageKey, encode_cursor, query_of
 from service.core.queues import QueueMap
 from service.core.text import capped
 from service.metrics import Metrics
 from service.models import (
     CancelPrintJob,
     CreatePrintJob,
+    FieldError,
     GetPrintCounts,
+    GetPrintJobStatus,
     JobStatus,
+    ListPrintJobs,
     MovePrintJob,
     RejectionReason,
     UpdatePrintJob,
@@ -77,7 +87,9 @@ class CommandHandler:
         metrics: Metrics,
         clock: Clock = utc_now,
         new_id: IdSource = new_id,
+        list_max: int = 100,
     ) -> None:
+        self._list_max = list_max
         self._decoder = decoder
         self._queues = queues
         self._store = store
@@ -185,6 +197,8 @@ class CommandHandler:
         message = step.command.message
         if isinstance(message, GetPrintCounts):
             return await self._counts(step)
+        if isinstance(message, ListPrintJobs):
+            return await self._list(step, message)
         job = await step.tx.get(message.jobId)
         if isinstance(message, CreatePrintJob):
             return self._create(step, message, job)
@@ -193,6 +207,14 @@ class CommandHandler:
             # exactly as one that does not exist, so that no key learns of other queues' jobs.
             log.info("job_of_another_queue", job_queue_id=job.queue_id, **step.ids())
             job = None
+        return self._on_job(step, message, job)
+
+    def _on_job(
+        self,
+        step: _Step,
+        message: CancelPrintJob | UpdatePrintJob | MovePrintJob | GetPrintJobStatus,
+        job: jobs.Job | None,
+    ) -> str:
         if isinstance(message, CancelPrintJob):
             return self._cancel(step, message, job)
         if isinstance(message, UpdatePrintJob):
@@ -285,6 +307,42 @@ class CommandHandler:
             counts_event(
                 command.queue_id,
                 counts,
+                event_id=step.new_id(),
+                correlation_id=command.correlation_id,
+                received_at=command.received_at,
+                now=step.now,
+            )
+        )
+        return "accepted"
+
+    async def _list(self, step: _Step, message: ListPrintJobs) -> str:
+        """One page of the queue's jobs, read in the batch's transaction like counts: it
+        sees the commands before it in the batch, and on PostgreSQL it is a plain SELECT (no
+        row lock)."""
+        command = step.command
+        try:
+            query = query_of(command.queue_id, message, page_max=self._list_max)
+        except BadCursor as exc:
+            rejection = dataclasses.replace(
+                _refused(command, RejectionReason.schema_violation, f"cursor: {exc}"),
+                errors=(FieldError(path="cursor", message=str(exc)),),
+            )
+            step.tx.emit(rejection_event(rejection, event_id=step.new_id(), now=step.now))
+            _log_rejection(rejection)
+            return "rejected"
+        # One more than the page: whether another page follows, without a second query.
+        found = await step.tx.list_jobs(dataclasses.replace(query, limit=query.limit + 1))
+        page = found[: query.limit]
+        next_cursor = None
+        if len(found) > query.limit:
+            last = page[-1]
+            next_cursor = encode_cursor(PageKey(last.created_at, last.job_id))
+        step.tx.emit(
+            job_list_event(
+                command.queue_id,
+                page,
+                query=message.model_copy(update={"limit": query.limit}),
+                next_cursor=next_cursor,
                 event_id=step.new_id(),
                 correlation_id=command.correlation_id,
                 received_at=command.received_at,

@@ -6,6 +6,8 @@
     print-service status JOB             ask for a job's current status
     print-service move JOB --to QUEUE    move a waiting job from --queue to QUEUE
     print-service watch JOB              print a job's status, then every event until it ends
+    print-service jobs [--status S] [--user U] [--since T] [--limit N] [--all]
+                                         list the queue's jobs, newest first, page by page
 
 The client commands send the API key of PRINT_API_KEY or of `--api-key-file PATH`, never
 one given on the command line (service/cli/apikey.py says why).
@@ -35,6 +37,7 @@ import aio_pika
 
 from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_body
 from service.cli.apikey import ENV_VAR, ApiKeyError, resolve_api_key
+from service.cli.jobs import add_jobs_arguments, list_jobs
 from service.cli.mqtt import publish_command
 from service.config import ConfigError, Settings
 from service.core.events import EVENT_ROUTE_PREFIX, REJECTION_ROUTE_PREFIX
@@ -46,6 +49,7 @@ from service.models import (
     CommandRejected,
     CreatePrintJob,
     GetPrintJobStatus,
+    ListPrintJobs,
     MessageType,
     MovePrintJob,
     Orientation,
@@ -204,12 +208,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     watch = client("watch", "follow a job until it ends")
     watch.add_argument("job_id")
+    add_jobs_arguments(client("jobs", "list the queue's jobs, newest first"))
     return parser
 
 
 async def _client_command(
     args: argparse.Namespace, settings: Settings, *, api_key: str | None
 ) -> int:
+    if args.command == "jobs":
+
+        async def publish(query: ListPrintJobs, correlation_id: str) -> None:
+            await _publish(
+                settings, args, query, MessageType.listPrintJobs, correlation_id, api_key=api_key
+            )
+
+        return await list_jobs(args, settings.amqp_url, _events_queue_name(settings), publish)
     correlation_id = args.correlation_id or str(uuid.uuid4())
     message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob
     if args.command == "submit":
@@ -302,7 +315,7 @@ def _page_range(text: str) -> dict[str, int]:
 async def _publish(
     settings: Settings,
     args: argparse.Namespace,
-    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob,
+    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob | ListPrintJobs,
     message_type: MessageType,
     correlation_id: str,
     *,

@@ -78,6 +78,7 @@ SCOPE_OF: Final[Mapping[MessageType, Scope]] = {
     MessageType.movePrintJob: Scope.write_job,
     MessageType.getPrintJobStatus: Scope.read_job,
     MessageType.getPrintCounts: Scope.read_job,
+    MessageType.listPrintJobs: Scope.read_job,
 }
 
 

@@ -39,6 +39,7 @@ from service.models import (
     GetPrintCounts,
     GetPrintJobStatus,
     InlineDocument,
+    ListPrintJobs,
     MessageType,
     MovePrintJob,
     PrintJobEvent,
@@ -62,6 +63,7 @@ Command = (
     | UpdatePrintJob
     | GetPrintCounts
     | MovePrintJob
+    | ListPrintJobs
 )
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
@@ -71,6 +73,7 @@ MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.updatePrintJob: UpdatePrintJob,
     MessageType.getPrintCounts: GetPrintCounts,
     MessageType.movePrintJob: MovePrintJob,
+    MessageType.listPrintJobs: ListPrintJobs,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(
@@ -117,7 +120,7 @@ class DecodedCommand:
 
     @property
     def job_id(self) -> str | None:
-        """The command's jobId; `getPrintCounts` has none."""
+        """The command's jobId; `getPrintCounts` and `listPrintJobs` have none."""
         return getattr(self.message, "jobId", None)
 
 

@@ -22,8 +22,11 @@ from service.models import (
     CommandRejected,
     FieldError,
     JobStatus,
+    JobSummary,
+    ListPrintJobs,
     PrintCounts,
     PrintJobEvent,
+    PrintJobList,
     RejectionReason,
     StatusCounts,
     UpdatableField,
@@ -33,16 +36,19 @@ __all__ = [
     "COUNTS_ROUTE_PREFIX",
     "EVENT_ROUTE_PREFIX",
     "INVALID_QUEUE_ROUTE",
+    "JOBS_ROUTE_PREFIX",
     "REJECTION_ROUTE_PREFIX",
     "Kind",
     "Outgoing",
     "counts_event",
     "job_event",
+    "job_list_event",
     "rejection_event",
 ]
 
 EVENT_ROUTE_PREFIX: Final = "events/"
 COUNTS_ROUTE_PREFIX: Final = "counts/"
+JOBS_ROUTE_PREFIX: Final = "jobs/"
 REJECTION_ROUTE_PREFIX: Final = "rejections/"
 # Where a rejection goes when the topic's queueId is not one (no queueId starts with `_`).
 INVALID_QUEUE_ROUTE: Final = REJECTION_ROUTE_PREFIX + "_invalid"
@@ -56,6 +62,7 @@ class Kind(StrEnum):
 
     job_event = "printJobEvent"
     counts = "printCounts"
+    job_list = "printJobList"
     rejection = "commandRejected"
 
 
@@ -144,6 +151,53 @@ def counts_event(
         correlation_id=correlation_id,
         label="counts",
         received_at=received_at,
+    )
+
+
+def job_list_event(
+    queue_id: str,
+    jobs: Sequence[Job],
+    *,
+    query: ListPrintJobs,
+    next_cursor: str | None,
+    event_id: UUID,
+    correlation_id: str,
+    received_at: float | None,
+    now: datetime,
+) -> Outgoing:
+    """The answer to `listPrintJobs`: one page of the queue's jobs, the query echoed (with
+    the limit the service applied)."""
+    event = PrintJobList(
+        eventId=event_id,
+        queueId=queue_id,
+        timestamp=now.astimezone(UTC),
+        query=query,
+        jobs=[_summary(job) for job in jobs],
+        nextCursor=next_cursor,
+    )
+    return Outgoing(
+        message_id=str(event_id),
+        kind=Kind.job_list,
+        routing_key=JOBS_ROUTE_PREFIX + queue_id,
+        order_key=JOBS_ROUTE_PREFIX + queue_id,
+        body=event.model_dump_json(exclude_none=True).encode(),
+        correlation_id=correlation_id,
+        label="list",
+        received_at=received_at,
+    )
+
+
+def _summary(job: Job) -> JobSummary:
+    return JobSummary(
+        jobId=job.job_id,
+        status=job.status,
+        sequence=job.sequence,
+        priority=job.priority,
+        userId=job.user_id,
+        title=job.title or job.document_name,
+        createdAt=job.created_at.astimezone(UTC),
+        updatedAt=job.updated_at.astimezone(UTC),
+        reason=job.reason,
     )
 
 

@@ -35,7 +35,14 @@ from service.core.events import Kind
 from service.core.jobs import Job
 from service.core.queues import QueueMap
 from service.metrics import Metrics
-from service.models import CommandRejected, JobStatus, MessageType, PrintCounts, PrintJobEvent
+from service.models import (
+    CommandRejected,
+    JobStatus,
+    MessageType,
+    PrintCounts,
+    PrintJobEvent,
+    PrintJobList,
+)
 from service.ports import Printer
 from tests.harness.fakes import (
     EPOCH,
@@ -78,6 +85,7 @@ class Harness:
         concurrency: int = 8,
         start: datetime = EPOCH,
         changes: Changes | None = None,
+        list_max: int = 100,
     ) -> None:
         """`lanes`: the printers of some lanes (made with `changes`, so that the waits hear
         of them); every other lane gets a FakePrinter of its own. `access`: the keys and
@@ -125,6 +133,7 @@ class Harness:
             metrics=self.metrics,
             clock=self.clock,
             new_id=self.ids,
+            list_max=list_max,
         )
         self.stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -275,6 +284,13 @@ class Harness:
             PrintCounts.model_validate_json(m.body)
             for m in self.publisher.published
             if m.kind is Kind.counts
+        ]
+
+    def job_lists(self) -> list[PrintJobList]:
+        return [
+            PrintJobList.model_validate_json(m.body)
+            for m in self.publisher.published
+            if m.kind is Kind.job_list
         ]
 
     def metric(self, name: str, **labels: str) -> float:

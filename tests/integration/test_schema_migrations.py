@@ -92,7 +92,7 @@ async def test_an_sqlite_database_at_each_released_version_migrates(tmp_path: Pa
         await store.close()
 
     assert sqlite_schema(old) == sqlite_schema(reference)
-    assert sqlite_schema(old)[1] == [1, 2, 3]
+    assert sqlite_schema(old)[1] == [1, 2, 3, 4]
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------
@@ -160,4 +160,4 @@ async def test_a_postgres_database_at_each_released_version_migrates(postgres_ur
             await conn.execute(f"DROP SCHEMA {reference} CASCADE".encode())
 
     assert migrated == expected
-    assert migrated[2] == [1, 2, 3, 4]
+    assert migrated[2] == [1, 2, 3, 4, 5]

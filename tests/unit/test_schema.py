@@ -68,6 +68,10 @@ OLD_SQLITE: Final = (
         attempts INTEGER NOT NULL
     );
     """,
+    """
+    CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id);
+    CREATE INDEX jobs_final ON jobs (updated_at) WHERE status IN ('finished', 'canceled', 'failed')
+    """,
 )
 
 
@@ -138,6 +142,10 @@ OLD_POSTGRES: Final = (
         properties TEXT NOT NULL,
         attempts INTEGER NOT NULL
     )
+    """,
+    """
+    CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id);
+    CREATE INDEX jobs_final ON jobs (updated_at) WHERE status IN ('finished', 'canceled', 'failed')
     """,
 )
 

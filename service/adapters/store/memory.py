@@ -14,14 +14,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 
 from service.adapters.store.pending import documents_to_drop
 from service.core.events import Outgoing
 from service.core.jobs import Job
+from service.core.listing import JobQuery, PageKey
 from service.models import JobStatus
 from service.ports import DeadLetter, OutboxRecord
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "page_of"]
 
 
 class _Transaction:
@@ -45,8 +47,25 @@ class _Transaction:
         jobs = {**self._jobs, **self.writes}.values()
         return dict(Counter(job.status for job in jobs if job.queue_id == queue_id))
 
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        # A scan: this store is for tests and trials, where the other stores use an index.
+        jobs = {**self._jobs, **self.writes}.values()
+        return page_of(jobs, query)
+
     def emit(self, message: Outgoing) -> None:
         self.messages.append(message)
+
+
+def page_of(jobs: Iterable[Job], query: JobQuery) -> list[Job]:
+    """The page `query` asks for, among `jobs` (of any queue)."""
+    found = [
+        job
+        for job in jobs
+        if job.queue_id == query.queue_id
+        and query.matches(PageKey(job.created_at, job.job_id), job.status, job.user_id)
+    ]
+    found.sort(key=lambda job: PageKey(job.created_at, job.job_id), reverse=True)
+    return found[: query.limit]
 
 
 class MemoryStore:
@@ -127,6 +146,14 @@ class MemoryStore:
     async def waiting_jobs(self) -> Sequence[Job]:
         unfinished = (job for job in self._jobs.values() if not job.is_final)
         return sorted(unfinished, key=lambda job: job.created_at)
+
+    async def purge_jobs(self, before: datetime, limit: int) -> int:
+        async with self._lock:
+            doomed = [j.job_id for j in self._jobs.values() if j.is_final and j.updated_at < before]
+            for job_id in doomed[:limit]:
+                del self._jobs[job_id]
+                self._documents.pop(job_id, None)
+            return min(len(doomed), limit)
 
     async def open(self) -> None:
         return None

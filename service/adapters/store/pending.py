@@ -28,6 +28,7 @@ class PendingWrites:
         self.sent: list[int] = []
         self.letters: list[DeadLetter] = []
         self.dropped_letters: list[int] = []
+        self.purged: list[str] = []  # job ids the retention forgets, with history, documents
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def writes(self) -> bool:
@@ -39,6 +40,7 @@ class PendingWrites:
             or self.documents
             or self.letters
             or self.dropped_letters
+            or self.purged
         )
 
     def put(self, job: Job) -> None:

@@ -41,6 +41,7 @@ from service.adapters.store.rows import (
 )
 from service.adapters.store.schema import POSTGRES, migrations
 from service.core.jobs import Job
+from service.core.listing import JobQuery
 from service.models import JobStatus
 from service.ports import DeadLetter, LaneLost, OutboxRecord, StoreError, StoreRefused
 
@@ -57,6 +58,15 @@ _UPSERT_JOB: Final = (
     f"ON CONFLICT (job_id) DO UPDATE SET {JOB_UPDATES}"
 )
 
+
+_PURGE: Final = (
+    "WITH doomed AS (SELECT job_id FROM jobs "
+    "WHERE status IN ('finished', 'canceled', 'failed') AND updated_at < %s "
+    "ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED), "
+    "history AS (DELETE FROM job_history WHERE job_id IN (SELECT job_id FROM doomed)), "
+    "documents AS (DELETE FROM documents WHERE job_id IN (SELECT job_id FROM doomed)) "
+    "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM doomed) RETURNING job_id"
+)
 
 _FENCE: Final = (
     "SELECT 1 FROM lanes l JOIN replicas r ON r.instance = l.owner "
@@ -100,6 +110,35 @@ class _Transaction(PendingWrites):
             "SELECT status, COUNT(*) FROM jobs WHERE queue_id = %s GROUP BY status", (queue_id,)
         )
         return {JobStatus(status): int(count) for status, count in await cursor.fetchall()}
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        # A plain SELECT (no row lock): the page is read, never written back.
+        where: list[str] = ["queue_id = %s"]
+        params: list[object] = [query.queue_id]
+        if query.status is not None:
+            where.append("status = %s")
+            params.append(query.status.value)
+        if query.user_id is not None:
+            where.append("user_id = %s")
+            params.append(query.user_id)
+        if query.since is not None:
+            where.append("created_at >= %s")
+            params.append(query.since)
+        if query.after is not None:
+            where.append("(created_at, job_id) < (%s, %s)")
+            params.extend((query.after.created_at, query.after.job_id))
+        cursor = await self._conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "  # noqa: S608
+            "ORDER BY created_at DESC, job_id DESC LIMIT %s",
+            (*params, query.limit),
+        )
+        return [job_from_row(row) for row in await cursor.fetchall()]
+
+    async def purge(self, before: datetime, limit: int) -> int:
+        # SKIP LOCKED: replicas purging at once take different rows, and a job a command
+        # holds is left for the next round.
+        cursor = await self._conn.execute(_PURGE, (before, limit))
+        return len(await cursor.fetchall())
 
     async def apply(self) -> None:
         conn = self._conn
@@ -348,6 +387,11 @@ class PostgresStore:
     async def drop_dead_letters(self, ids: Iterable[int]) -> None:
         async with self.transaction() as tx:
             tx.dropped_letters.extend(ids)
+
+    async def purge_jobs(self, before: datetime, limit: int) -> int:
+        # Relaxed: a purge lost with the server is done again by the next round.
+        async with self._transaction(relaxed=True, lane=None) as tx:
+            return await tx.purge(before, limit)
 
     async def waiting_jobs(self) -> Sequence[Job]:
         async with self._read() as conn:

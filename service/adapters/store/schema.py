@@ -156,6 +156,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """,
         ),
     ),
+    Migration(
+        # `listPrintJobs` pages a queue newest first: an index walk, never a scan. Retention
+        # finds the oldest final jobs by when they ended.
+        versions={SQLITE: 4, POSTGRES: 5},
+        statements=(
+            "CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id)",
+            "CREATE INDEX jobs_final ON jobs (updated_at) "
+            "WHERE status IN ('finished', 'canceled', 'failed')",
+        ),
+    ),
 )
 
 

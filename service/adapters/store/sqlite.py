@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from service.adapters.store.memory import page_of
 from service.adapters.store.pending import PendingWrites, documents_to_drop
 from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
@@ -50,6 +51,7 @@ from service.adapters.store.rows import (
 )
 from service.adapters.store.schema import SQLITE, migrations
 from service.core.jobs import Job
+from service.core.listing import JobQuery
 from service.models import JobStatus
 from service.ports import DeadLetter, OutboxRecord, StoreError
 
@@ -69,6 +71,9 @@ class _Transaction(PendingWrites):
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         return self._store.read_counts(queue_id, pending=self.jobs)
 
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        return self._store.read_page(query, pending=self.jobs)
+
 
 @dataclass(slots=True)
 class _Batch:
@@ -83,6 +88,7 @@ class _Batch:
     sent: list[tuple[int]] = field(default_factory=list)
     letters: list[Row] = field(default_factory=list)
     dropped_letters: list[tuple[int]] = field(default_factory=list)
+    purged: list[tuple[str]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def add(self, tx: _Transaction) -> None:
@@ -98,6 +104,7 @@ class _Batch:
         letters = checked([dead_letter_row(letter) for letter in tx.letters], nul_in_text=True)
         self.letters.extend(letters)
         self.dropped_letters.extend((id_,) for id_ in tx.dropped_letters)
+        self.purged.extend((job_id,) for job_id in tx.purged)
         self.jobs.extend(jobs)
         self.job_rows.extend(job_rows)
         self.history_rows.extend(history_rows)
@@ -254,6 +261,36 @@ class SqliteStore:
                 counts[job.status] += 1
         return {status: count for status, count in counts.items() if count > 0}
 
+    def read_page(self, query: JobQuery, *, pending: Mapping[str, Job]) -> list[Job]:
+        """One page of the queue's jobs from the index (queue_id, created_at, job_id), with
+        what is written and not yet committed (and `pending`) as it will be."""
+        unsaved = {
+            job_id: job
+            for job_id, job in {**self._unsaved_jobs, **pending}.items()
+            if job.queue_id == query.queue_id
+        }
+        where, params = ["queue_id = ?"], [query.queue_id]
+        if query.status is not None:
+            where.append("status = ?")
+            params.append(query.status.value)
+        if query.user_id is not None:
+            where.append("user_id = ?")
+            params.append(query.user_id)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            params.append(_iso(query.since))
+        if query.after is not None:
+            where.append("(created_at, job_id) < (?, ?)")
+            params.extend((_iso(query.after.created_at), query.after.job_id))
+        # Enough rows that, once those the overlay replaces are set aside, a page remains.
+        rows = self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "  # noqa: S608
+            "ORDER BY created_at DESC, job_id DESC LIMIT ?",
+            (*params, query.limit + len(unsaved)),
+        )
+        stored = (job for job in map(job_from_row, rows) if job.job_id not in unsaved)
+        return page_of([*stored, *unsaved.values()], query)
+
     async def read_job(self, job_id: str) -> Job | None:
         return self._job(job_id)
 
@@ -294,6 +331,20 @@ class SqliteStore:
     async def drop_dead_letters(self, ids: Iterable[int]) -> None:
         async with self.transaction() as tx:
             tx.dropped_letters.extend(ids)
+
+    async def purge_jobs(self, before: datetime, limit: int) -> int:
+        rows = self._read(
+            "SELECT job_id FROM jobs WHERE status IN ('finished', 'canceled', 'failed') "
+            "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (_iso(before), limit),
+        )
+        if not rows:
+            return 0
+        # Through the committer like every write (one writer); waited for, so that the next
+        # batch is not chosen from rows this one is still deleting.
+        async with self.transaction() as tx:
+            tx.purged.extend(job_id for (job_id,) in rows)
+        return len(rows)
 
     async def waiting_jobs(self) -> Sequence[Job]:
         rows = self._read(
@@ -401,6 +452,11 @@ class SqliteStore:
                 batch.letters,
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", batch.dropped_letters)
+            for table in ("job_history", "documents", "jobs"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE job_id = ?",  # noqa: S608 - constant names
+                    batch.purged,
+                )
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (SQLITE_FULL does).
