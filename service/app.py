@@ -39,6 +39,7 @@ from service.adapters.store.sqlite import SqliteStore
 from service.aio import sleep_unless
 from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
+from service.application.printer_status import PrinterMonitor
 from service.application.relay import OutboxRelay
 from service.application.retention import Retention
 from service.config import ConfigError, Settings
@@ -104,6 +105,12 @@ class Service:
             max_interruptions=settings.print_max_interruptions,
             progress_interval=settings.progress_interval,
         )
+        self.printer_monitor = PrinterMonitor(
+            store=self.store,
+            printers=self.printers,
+            coordinator=self.coordinator,
+            interval=settings.printer_status_interval,
+        )
         # None with AUTH_DISABLED; a ConfigError without keys (fail closed).
         self.access = settings.access_control()
         self.keys = (
@@ -128,6 +135,7 @@ class Service:
             dispatcher=self.dispatcher,
             metrics=self.metrics,
             list_max=settings.job_list_max,
+            printer_statuses=self.printer_monitor.statuses,
         )
         self.retention = Retention(
             self.store,
@@ -231,6 +239,7 @@ class Service:
                     start("keys", self.keys.run(self.stopping))
                 start("ingress", self._ingest(ingress_done))
                 start("retention", self.retention.run(self.stopping))
+                start("printer-status", self.printer_monitor.run(self.stopping))
                 start("ready", self._announce_ready())
         finally:
             await self.printers.close()

@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     job_purge_interval: float = Field(default=60.0, gt=0)
     # The most jobs a `listPrintJobs` page holds (a larger `limit` is lowered to it).
     job_list_max: int = Field(default=100, ge=1, le=10_000)
+    # How often the printers of the lanes this replica holds are asked for their status
+    # (a `printerStatus` event goes out only when one changed).
+    printer_status_interval: float = Field(default=10.0, gt=0)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)

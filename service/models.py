@@ -9,6 +9,16 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 
+class QueueId(RootModel[str]):
+    root: Annotated[
+        str,
+        Field(
+            description="The identifier of the print queue (the last level of the MQTT topic).",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+
+
 class Priority(StrEnum):
     """
     Priority.
@@ -43,6 +53,7 @@ class MessageType(StrEnum):
     getPrintCounts = "getPrintCounts"
     movePrintJob = "movePrintJob"
     listPrintJobs = "listPrintJobs"
+    getPrinterStatus = "getPrinterStatus"
 
 
 class RejectionReason(StrEnum):
@@ -59,7 +70,7 @@ class RejectionReason(StrEnum):
       command carries two different keys (nothing else of the command is read);
     - `forbidden`: the key is valid, but may not send this command (it lacks the scope,
       `write:job` for create, cancel, update and move (a move: on both
-      queues), `read:job` for status, counts and lists), or
+      queues), `read:job` for status, counts, lists and printer statuses), or
       not to this queue, or may not create a job with this jobId (a tenant's key creates
       only jobs whose ids begin with its prefix);
     - `rate_limited`: the key sent more commands than its rate allows; `retryAfter` says
@@ -142,6 +153,8 @@ class XMessageType(StrEnum):
     printJobEvent = "printJobEvent"
     printCounts = "printCounts"
     printJobList = "printJobList"
+    printerStatus = "printerStatus"
+    printerStatusList = "printerStatusList"
     commandRejected = "commandRejected"
 
 
@@ -304,6 +317,80 @@ class GetPrintCounts(BaseModel):
         extra="forbid",
         populate_by_name=True,
     )
+
+
+class GetPrinterStatus(BaseModel):
+    """
+    No fields; the queue is the one of the topic.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+
+class PrinterState(StrEnum):
+    """
+    The printer's state: IPP `printer-state` (`idle`, `processing`, `stopped`), or
+    `unreachable` when it did not answer Get-Printer-Attributes within its timeout.
+
+    """
+
+    idle = "idle"
+    processing = "processing"
+    stopped = "stopped"
+    unreachable = "unreachable"
+
+
+class StateReason(RootModel[str]):
+    root: Annotated[str, Field(pattern="^[a-z0-9][a-z0-9-]{0,63}$")]
+
+
+class PrinterStatus(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    eventId: UUID
+    printerId: Annotated[
+        str,
+        Field(
+            description="The printer's name in the queue configuration.",
+            max_length=255,
+            min_length=1,
+        ),
+    ]
+    queueIds: Annotated[list[QueueId], Field(description="The queues this printer serves.")]
+    state: PrinterState
+    stateReasons: Annotated[
+        list[StateReason],
+        Field(
+            description="IPP `printer-state-reasons` keywords (`media-empty`, `toner-low`,\n`offline-report`...), without `none`; empty when all is well. Of what the\nprinter sends, only keywords are kept (lower-case ASCII letters, digits and\n`-`, at most 64 characters), at most 16 of them, sorted.\n",
+            max_length=16,
+        ),
+    ]
+    acceptingJobs: Annotated[
+        bool, Field(description="IPP `printer-is-accepting-jobs` (false when unreachable).")
+    ]
+    timestamp: Annotated[AwareDatetime, Field(description="When the status was seen.")]
+
+
+class PrinterStatusList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    eventId: UUID
+    queueId: Annotated[
+        str,
+        Field(
+            description="The identifier of the print queue (the last level of the MQTT topic).",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    timestamp: AwareDatetime
+    printers: list[PrinterStatus]
 
 
 class StatusCounts(BaseModel):
@@ -577,6 +664,30 @@ class GetPrintCountsHeaders(RootModel[CommandHeaders]):
 
 
 class PrintCountsHeaders(RootModel[EventHeaders]):
+    root: EventHeaders
+
+
+class GetPrinterStatusPayload(RootModel[GetPrinterStatus]):
+    root: GetPrinterStatus
+
+
+class GetPrinterStatusHeaders(RootModel[CommandHeaders]):
+    root: CommandHeaders
+
+
+class PrinterStatusPayload(RootModel[PrinterStatus]):
+    root: PrinterStatus
+
+
+class PrinterStatusHeaders(RootModel[EventHeaders]):
+    root: EventHeaders
+
+
+class PrinterStatusListPayload(RootModel[PrinterStatusList]):
+    root: PrinterStatusList
+
+
+class PrinterStatusListHeaders(RootModel[EventHeaders]):
     root: EventHeaders
 
 

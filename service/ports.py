@@ -17,6 +17,7 @@ from typing import Protocol
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.core.listing import JobQuery
+from service.core.printers import PrinterSnapshot
 from service.models import JobStatus, PrintOptions
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "PrintResult",
     "Printer",
     "PrinterDirectory",
+    "PrinterRoster",
+    "PrinterSnapshot",
     "PrinterUnavailable",
     "PublishRefused",
     "StoreError",
@@ -343,11 +346,24 @@ class Printer(Protocol):
         """Asks the printer to stop `job_id` if it is printing it; no-op otherwise."""
         ...
 
+    async def status(self) -> PrinterSnapshot:
+        """What the printer says of itself now (`unreachable` if it does not answer within
+        its timeout); never raises for what the printer does."""
+        ...
+
 
 class PrinterDirectory(Protocol):
     """The printers of each lane (a configured queue, or a queueId without configuration)."""
 
     def printers(self, lane: str) -> Sequence[Printer]: ...
+
+
+class PrinterRoster(PrinterDirectory, Protocol):
+    """A directory that can also list its lanes, for whoever watches every printer."""
+
+    def lanes(self) -> Sequence[str]:
+        """The lanes that have printers now (configured ones, and queueIds used so far)."""
+        ...
 
 
 class DocumentUnavailable(Exception):  # noqa: N818 - a state, not a bug

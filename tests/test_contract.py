@@ -94,6 +94,7 @@ def test_seed_messages_and_extensions_are_there(contract: dict[str, Any]):
         "getPrintCounts",
         "movePrintJob",
         "listPrintJobs",
+        "getPrinterStatus",
     }
     assert {s.value for s in JobStatus} == {"created", "started", "finished", "canceled", "failed"}
     assert "unauthorized" in {r.value for r in RejectionReason}

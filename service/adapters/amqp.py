@@ -159,6 +159,10 @@ class AmqpPublisher:
             # Counts and list answers share the events exchange (and the `events/jobs` queue).
             self._exchanges[Kind.counts] = self._exchanges[Kind.job_event]
             self._exchanges[Kind.job_list] = self._exchanges[Kind.job_event]
+            # Printer statuses too: a consumer of `events/jobs` sees a printer stop beside
+            # the jobs it holds up; one that wants only printers binds `printers/#`.
+            self._exchanges[Kind.printer_status] = self._exchanges[Kind.job_event]
+            self._exchanges[Kind.printer_status_list] = self._exchanges[Kind.job_event]
         except ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"RabbitMQ already has {EVENTS_QUEUE!r} or {REJECTIONS_QUEUE!r} declared with "

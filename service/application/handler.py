@@ -34,6 +34,7 @@ from service.core.events import (
     rejection_event,
 )
 from service.core.listing import BadCursor, PageKey, encode_cursor, query_of
+from service.core.printers import printer_status_list_event
 from service.core.queues import QueueMap
 from service.core.text import capped
 from service.metrics import Metrics
@@ -42,10 +43,12 @@ from service.models import (
     CreatePrintJob,
     FieldError,
     GetPrintCounts,
+    GetPrinterStatus,
     GetPrintJobStatus,
     JobStatus,
     ListPrintJobs,
     MovePrintJob,
+    PrinterStatus,
     RejectionReason,
     UpdatePrintJob,
 )
@@ -88,8 +91,11 @@ class CommandHandler:
         clock: Clock = utc_now,
         new_id: IdSource = new_id,
         list_max: int = 100,
+        printer_statuses: Callable[[str], Sequence[PrinterStatus]] = lambda _lane: (),
     ) -> None:
         self._list_max = list_max
+        # The last reported status of a lane's printers (the PrinterMonitor's).
+        self._printer_statuses = printer_statuses
         self._decoder = decoder
         self._queues = queues
         self._store = store
@@ -199,6 +205,8 @@ class CommandHandler:
             return await self._counts(step)
         if isinstance(message, ListPrintJobs):
             return await self._list(step, message)
+        if isinstance(message, GetPrinterStatus):
+            return self._printers(step)
         job = await step.tx.get(message.jobId)
         if isinstance(message, CreatePrintJob):
             return self._create(step, message, job)
@@ -307,6 +315,23 @@ class CommandHandler:
             counts_event(
                 command.queue_id,
                 counts,
+                event_id=step.new_id(),
+                correlation_id=command.correlation_id,
+                received_at=command.received_at,
+                now=step.now,
+            )
+        )
+        return "accepted"
+
+    def _printers(self, step: _Step) -> str:
+        """The statuses of the queue's printers as last reported: from memory, so that a
+        query never waits on a printer (nor holds the batch while one answers)."""
+        command = step.command
+        lane = self._queues.lane(command.queue_id) or command.queue_id
+        step.tx.emit(
+            printer_status_list_event(
+                command.queue_id,
+                self._printer_statuses(lane),
                 event_id=step.new_id(),
                 correlation_id=command.correlation_id,
                 received_at=command.received_at,

@@ -79,6 +79,7 @@ SCOPE_OF: Final[Mapping[MessageType, Scope]] = {
     MessageType.getPrintJobStatus: Scope.read_job,
     MessageType.getPrintCounts: Scope.read_job,
     MessageType.listPrintJobs: Scope.read_job,
+    MessageType.getPrinterStatus: Scope.read_job,
 }
 
 

@@ -37,6 +37,7 @@ from service.models import (
     CreatePrintJob,
     FieldError,
     GetPrintCounts,
+    GetPrinterStatus,
     GetPrintJobStatus,
     InlineDocument,
     ListPrintJobs,
@@ -64,6 +65,7 @@ Command = (
     | GetPrintCounts
     | MovePrintJob
     | ListPrintJobs
+    | GetPrinterStatus
 )
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
@@ -74,6 +76,7 @@ MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.getPrintCounts: GetPrintCounts,
     MessageType.movePrintJob: MovePrintJob,
     MessageType.listPrintJobs: ListPrintJobs,
+    MessageType.getPrinterStatus: GetPrinterStatus,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(

@@ -37,6 +37,8 @@ __all__ = [
     "EVENT_ROUTE_PREFIX",
     "INVALID_QUEUE_ROUTE",
     "JOBS_ROUTE_PREFIX",
+    "PRINTERS_ROUTE_PREFIX",
+    "PRINTER_LISTS_ROUTE_PREFIX",
     "REJECTION_ROUTE_PREFIX",
     "Kind",
     "Outgoing",
@@ -49,6 +51,8 @@ __all__ = [
 EVENT_ROUTE_PREFIX: Final = "events/"
 COUNTS_ROUTE_PREFIX: Final = "counts/"
 JOBS_ROUTE_PREFIX: Final = "jobs/"
+PRINTERS_ROUTE_PREFIX: Final = "printers/"
+PRINTER_LISTS_ROUTE_PREFIX: Final = "printer-statuses/"
 REJECTION_ROUTE_PREFIX: Final = "rejections/"
 # Where a rejection goes when the topic's queueId is not one (no queueId starts with `_`).
 INVALID_QUEUE_ROUTE: Final = REJECTION_ROUTE_PREFIX + "_invalid"
@@ -63,6 +67,8 @@ class Kind(StrEnum):
     job_event = "printJobEvent"
     counts = "printCounts"
     job_list = "printJobList"
+    printer_status = "printerStatus"
+    printer_status_list = "printerStatusList"
     rejection = "commandRejected"
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from service.adapters.store.memory import MemoryStore
 from service.core.events import Outgoing
 from service.core.jobs import Job
+from service.core.printers import PrinterSnapshot
+from service.models import PrinterState
 from service.ports import (
     DeadLetter,
     Document,
@@ -210,7 +212,9 @@ class FakePrinter:
     - `ready_error` / `print_error`: raised by `ready` / `print` while set;
     - `progress`: counts (impressions, sheets) it reports while printing, in order, each
       after `before_report()` if set (a test moves its clock there);
-    - `requests`, `canceled`, `submitted`: what the dispatcher asked of it.
+    - `requests`, `canceled`, `submitted`: what the dispatcher asked of it;
+    - `snapshot`: what `status()` says (None: idle, or processing while it prints);
+      `status_error`: raised by `status()` while set (a printer adapter's bug).
     """
 
     def __init__(self, name: str, changes: Changes | None = None) -> None:
@@ -229,6 +233,8 @@ class FakePrinter:
         self._online = asyncio.Event()
         self._online.set()
         self._stopped: set[str] = set()
+        self.snapshot: PrinterSnapshot | None = None
+        self.status_error: BaseException | None = None
 
     def offline(self) -> None:
         self._online.clear()
@@ -281,6 +287,14 @@ class FakePrinter:
             request.document.close()
             self._notify()
 
+    async def status(self) -> PrinterSnapshot:
+        if self.status_error is not None:
+            raise self.status_error
+        if self.snapshot is not None:
+            return self.snapshot
+        busy = self.printing.is_set()
+        return PrinterSnapshot(PrinterState.processing if busy else PrinterState.idle)
+
     async def cancel(self, job_id: str) -> None:
         self.canceled.append(job_id)
         self._stopped.add(job_id)
@@ -304,6 +318,9 @@ class FakePrinters:
             printer = self.made[lane] = FakePrinter(f"fake-{lane}", self._changes)
             self._lanes[lane] = (printer,)
         return self._lanes[lane]
+
+    def lanes(self) -> Sequence[str]:
+        return list(self._lanes)
 
 
 class FakeDocuments:

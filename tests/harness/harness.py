@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from service.adapters.solo import Solo
 from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
+from service.application.printer_status import PrinterMonitor
 from service.application.relay import OutboxRelay
 from service.core.access import AccessControl
 from service.core.backoff import Backoff
@@ -40,6 +41,8 @@ from service.models import (
     JobStatus,
     MessageType,
     PrintCounts,
+    PrinterStatus,
+    PrinterStatusList,
     PrintJobEvent,
     PrintJobList,
 )
@@ -119,6 +122,14 @@ class Harness:
             backoff=_fast_backoff,
         )
         self.store.on_commit(self.relay.wake)
+        # Not run as a loop: a test polls it (`monitor.poll_once()`) when it wants a poll.
+        self.monitor = PrinterMonitor(
+            store=self.store,
+            printers=self.printers,
+            coordinator=Solo("harness"),
+            clock=self.clock,
+            ids=self.ids,
+        )
         self.decoder = CommandDecoder(
             max_bytes=MAX_BYTES,
             max_decompressed_bytes=4 * MAX_BYTES,
@@ -134,6 +145,7 @@ class Harness:
             clock=self.clock,
             new_id=self.ids,
             list_max=list_max,
+            printer_statuses=self.monitor.statuses,
         )
         self.stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -291,6 +303,21 @@ class Harness:
             PrintJobList.model_validate_json(m.body)
             for m in self.publisher.published
             if m.kind is Kind.job_list
+        ]
+
+    def printer_statuses(self) -> list[PrinterStatus]:
+        """Published `printerStatus` events, in publishing order."""
+        return [
+            PrinterStatus.model_validate_json(m.body)
+            for m in self.publisher.published
+            if m.kind is Kind.printer_status
+        ]
+
+    def printer_status_lists(self) -> list[PrinterStatusList]:
+        return [
+            PrinterStatusList.model_validate_json(m.body)
+            for m in self.publisher.published
+            if m.kind is Kind.printer_status_list
         ]
 
     def metric(self, name: str, **labels: str) -> float:

@@ -33,6 +33,9 @@ class Printers:
             printers = self._by_lane[lane] = (printer,)
         return printers
 
+    def lanes(self) -> Sequence[str]:
+        return list(self._by_lane)
+
     async def close(self) -> None:
         for printer in self._all:
             await printer.close()

@@ -31,6 +31,8 @@ from service.adapters.ipp.client import (
 from service.adapters.ipp.encoding import Group, Status
 from service.aio import sleep_unless
 from service.core.backoff import Backoff
+from service.core.printers import UNREACHABLE, PrinterSnapshot
+from service.models import PrinterState as ContractState
 from service.ports import (
     OnProgress,
     OnSubmitted,
@@ -180,6 +182,20 @@ class IppPrinter:
             state=PrinterState(value),
             reasons=_reasons(group, "printer-state-reasons"),
             accepting_jobs=accepting is None or accepting.first is not False,
+        )
+
+    async def status(self) -> PrinterSnapshot:
+        """The printer's state for `printerStatus`: unreachable when Get-Printer-Attributes
+        fails (each request is bounded by `timeout`), or answers with no valid state."""
+        try:
+            status = await self.state()
+        except (IppRequestError, OSError, ValueError) as exc:
+            log.debug("ipp_printer_status_unknown", printer=self.name, error=str(exc))
+            return UNREACHABLE
+        return PrinterSnapshot.of(
+            ContractState(status.state.name),
+            status.reasons,
+            accepting_jobs=status.accepting_jobs,
         )
 
     async def ready(self) -> None:

@@ -13,7 +13,8 @@ from typing import Final
 
 import structlog
 
-from service.models import Sides
+from service.core.printers import PrinterSnapshot
+from service.models import PrinterState, Sides
 from service.ports import (
     Document,
     OnProgress,
@@ -58,6 +59,11 @@ class SimulatedPrinter:
 
     async def ready(self) -> None:
         return None
+
+    async def status(self) -> PrinterSnapshot:
+        """Always accepting: processing while it prints a job, idle otherwise."""
+        state = PrinterState.idle if self._current is None else PrinterState.processing
+        return PrinterSnapshot(state)
 
     async def print(
         self,
