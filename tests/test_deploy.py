@@ -1188,6 +1188,8 @@ def test_the_service_user_configures_and_writes_only_its_topology(generated: Pat
     topics = {t["exchange"]: t for t in _grant(document, "topic_permissions", "print-service")}
     assert re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "events/acme.1")
     assert re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "counts/acme.q")
+    assert re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "printers/front-desk")
+    assert re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "printer-statuses/acme.q")
     assert not re.match(topics[amqp.EVENTS_EXCHANGE]["write"], "rejections/acme.q")
     assert re.match(topics[amqp.REJECTIONS_EXCHANGE]["write"], "rejections/_invalid")
 
@@ -1205,7 +1207,12 @@ def test_a_tenants_binding_keys_all_begin_with_its_own_first_word(tenant: str, k
             if re.match(topic["read"], candidate):
                 first, dot, _ = candidate.partition(".")
                 assert dot == "."
-                assert first in {f"events/{tenant}", f"counts/{tenant}", f"rejections/{tenant}"}
+                assert first in {
+                    f"events/{tenant}",
+                    f"counts/{tenant}",
+                    f"printer-statuses/{tenant}",
+                    f"rejections/{tenant}",
+                }
         assert topic["write"] == "^$"
 
 

@@ -21,10 +21,13 @@ permissions on routing keys, both anchored here):
   reads only its exchanges (a binding needs read on its source); it reads no queue.
 - a tenant T: declares, binds and consumes only queues named `tenants/T/...`, binding them
   to the events exchanges with routing keys of its own: `events/T.<jobId rest>`,
-  `counts/T.<queueId rest>`, `jobs/T.<queueId rest>`, `rejections/T.<queueId rest>` (its
-  jobs' and queues' ids begin with `T.`). RabbitMQ checks a binding's key against the topic
-  permission, so `#` or another tenant's prefix is refused; as every such key begins with the
-  word `events/T` (topic words are split on `.`), it can only match T's own routing keys.
+  `counts/T.<queueId rest>`, `jobs/T.<queueId rest>`, `printer-statuses/T.<queueId rest>`,
+  `rejections/T.<queueId rest>` (its jobs' and queues' ids begin with `T.`). Not the
+  `printers/<printerId>` events: a printer may serve several tenants' queues, and its id is
+  not one of a tenant's; a tenant asks for its queues' printers with `getPrinterStatus`.
+  RabbitMQ checks a binding's key against the topic permission, so `#` or another tenant's
+  prefix is refused; as every such key begins with the word `events/T` (topic words are
+  split on `.`), it can only match T's own routing keys.
 - a reader R (optional): consumes the shared queues `events/jobs` and `events/rejections`,
   which receive every tenant's events: for the operator's own consumers only.
 """
@@ -94,7 +97,12 @@ def service_grants(user: str = SERVICE_USER) -> tuple[Grant, list[Grant]]:
         "read": _names(EVENTS_EXCHANGE, REJECTIONS_EXCHANGE),
     }
     topics = [
-        _topic(user, EVENTS_EXCHANGE, write="^(events|counts|jobs)/", read="^#$"),
+        _topic(
+            user,
+            EVENTS_EXCHANGE,
+            write="^(events|counts|jobs|printers|printer-statuses)/",
+            read="^#$",
+        ),
         _topic(user, REJECTIONS_EXCHANGE, write="^rejections/", read="^#$"),
     ]
     return permission, topics
@@ -116,7 +124,12 @@ def tenant_grants(tenant: str) -> tuple[Grant, list[Grant]]:
     }
     prefix = re.escape(tenant + ".")
     topics = [
-        _topic(tenant, EVENTS_EXCHANGE, write=NOTHING, read=f"^(events|counts|jobs)/{prefix}.+$"),
+        _topic(
+            tenant,
+            EVENTS_EXCHANGE,
+            write=NOTHING,
+            read=f"^(events|counts|jobs|printer-statuses)/{prefix}.+$",
+        ),
         _topic(tenant, REJECTIONS_EXCHANGE, write=NOTHING, read=f"^rejections/{prefix}.+$"),
     ]
     return permission, topics

@@ -8,6 +8,7 @@
     print-service watch JOB              print a job's status, then every event until it ends
     print-service jobs [--status S] [--user U] [--since T] [--limit N] [--all]
                                          list the queue's jobs, newest first, page by page
+    print-service printers [--queue Q]   the statuses of the queue's printers
 
 The client commands send the API key of PRINT_API_KEY or of `--api-key-file PATH`, never
 one given on the command line (service/cli/apikey.py says why).
@@ -39,6 +40,7 @@ from service.adapters.amqp import EVENTS_EXCHANGE, REJECTIONS_EXCHANGE, message_
 from service.cli.apikey import ENV_VAR, ApiKeyError, resolve_api_key
 from service.cli.jobs import add_jobs_arguments, list_jobs
 from service.cli.mqtt import publish_command
+from service.cli.printers import show_printers
 from service.config import ConfigError, Settings
 from service.core.events import EVENT_ROUTE_PREFIX, REJECTION_ROUTE_PREFIX
 from service.core.jobs import FINAL_STATUSES
@@ -48,6 +50,7 @@ from service.models import (
     ColorMode,
     CommandRejected,
     CreatePrintJob,
+    GetPrinterStatus,
     GetPrintJobStatus,
     ListPrintJobs,
     MessageType,
@@ -209,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     watch = client("watch", "follow a job until it ends")
     watch.add_argument("job_id")
     add_jobs_arguments(client("jobs", "list the queue's jobs, newest first"))
+    client("printers", "show the statuses of the queue's printers")
     return parser
 
 
@@ -224,6 +228,15 @@ async def _client_command(
 
         return await list_jobs(args, settings.amqp_url, _events_queue_name(settings), publish)
     correlation_id = args.correlation_id or str(uuid.uuid4())
+    if args.command == "printers":
+
+        async def ask(query: GetPrinterStatus, correlation_id: str) -> None:
+            await _publish(
+                settings, args, query, MessageType.getPrinterStatus, correlation_id, api_key=api_key
+            )
+
+        queue_name = _events_queue_name(settings)
+        return await show_printers(args, settings.amqp_url, queue_name, ask, correlation_id)
     message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob
     if args.command == "submit":
         message = _create(args)
@@ -315,7 +328,12 @@ def _page_range(text: str) -> dict[str, int]:
 async def _publish(
     settings: Settings,
     args: argparse.Namespace,
-    message: CreatePrintJob | CancelPrintJob | GetPrintJobStatus | MovePrintJob | ListPrintJobs,
+    message: CreatePrintJob
+    | CancelPrintJob
+    | GetPrintJobStatus
+    | MovePrintJob
+    | ListPrintJobs
+    | GetPrinterStatus,
     message_type: MessageType,
     correlation_id: str,
     *,

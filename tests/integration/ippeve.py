@@ -67,6 +67,11 @@ if [ -e {report_file} ]; then
     echo "ATTR: job-impressions-completed=$n" >&2
   done
 fi
+# With the state file, it tells the printer's state reasons as an IPP Everywhere command
+# does: a `STATE:` line (e.g. `+media-empty`), which ippeveprinter keeps after the job.
+if [ -e {state_file} ]; then
+  echo "STATE: $(cat {state_file})" >&2
+fi
 sleep "$(cat {seconds_file})"
 while [ -e {hold_file} ]; do sleep 0.02; done
 exit 0
@@ -160,11 +165,13 @@ class IppEvePrinter:
         self._script = workdir / "print-command.sh"
         self._hold_file = workdir / "hold"
         self._report_file = workdir / "report-impressions"
+        self._state_file = workdir / "state-reasons"
         self._script.write_text(
             _SCRIPT.format(
                 seconds_file=shlex.quote(str(self._seconds_file)),
                 hold_file=shlex.quote(str(self._hold_file)),
                 report_file=shlex.quote(str(self._report_file)),
+                state_file=shlex.quote(str(self._state_file)),
             )
         )
         self._script.chmod(0o755)
@@ -190,6 +197,14 @@ class IppEvePrinter:
             self._report_file.unlink(missing_ok=True)
         else:
             self._report_file.write_text(f"{every:g}\n")
+
+    def report_state(self, message: str | None) -> None:
+        """The next jobs' command sends `STATE: <message>` (`+media-empty` adds that
+        printer-state-reason, `-media-empty` removes it); None: it sends none."""
+        if message is None:
+            self._state_file.unlink(missing_ok=True)
+        else:
+            self._state_file.write_text(f"{message}\n")
 
     def hold(self) -> None:
         """Jobs go on printing (their command runs) until `release`: a job that must still

@@ -234,3 +234,14 @@ scopes = ["write:job"]
         (rejection,) = service.rejections()
         assert rejection.reason is RejectionReason.forbidden
         assert rejection.correlationId == "corr-w"
+
+
+@pytest.mark.parametrize("payload", [b"not json", b"[]", b'"text"', b"\xff\xfe"])
+async def test_get_printer_status_that_is_no_json_object_is_answered(payload: bytes) -> None:
+    async with Harness() as service:
+        await service.send(payload, queue_id=QUEUE, message_type=GET, correlation_id="corr-junk")
+        await service.drained()
+        (rejection,) = service.rejections()
+        assert rejection.reason in {RejectionReason.invalid_json, RejectionReason.invalid_encoding}
+        assert rejection.correlationId == "corr-junk"
+        assert service.printer_status_lists() == []
