@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import ssl
 import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -48,6 +47,7 @@ from service.core.codec import CommandDecoder
 from service.core.queues import QueueMap
 from service.metrics import Metrics
 from service.ports import Coordinator, JobStore, StoreError
+from service.tls import amqp_ssl_context
 
 __all__ = ["Service", "open_store"]
 
@@ -75,7 +75,7 @@ class Service:
             connection_name=settings.mqtt_client_id,
             gzip_bodies=settings.event_gzip,
             metrics=self.metrics,
-            ssl_context=_amqp_ssl(settings),
+            ssl_context=amqp_ssl_context(settings),
         )
         self.relay = OutboxRelay(
             store=self.store,
@@ -308,20 +308,6 @@ def _coordinator(settings: Settings, store: JobStore, queues: QueueMap) -> Coord
             lane_of=lambda queue_id: queues.lane(queue_id) or queue_id,
         )
     return Solo(settings.mqtt_client_id)
-
-
-def _amqp_ssl(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.amqp.tls:
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.amqp_ca_file) if settings.amqp_ca_file else None
-    )
-    if settings.amqp_cert_file:
-        context.load_cert_chain(
-            str(settings.amqp_cert_file),
-            str(settings.amqp_key_file) if settings.amqp_key_file else None,
-        )
-    return context
 
 
 def open_store(settings: Settings) -> JobStore:

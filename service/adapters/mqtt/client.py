@@ -29,6 +29,7 @@ from service.adapters.mqtt.intake import Delivery
 from service.adapters.mqtt.options import IngressOptions
 from service.adapters.mqtt.window import ReceiveWindow
 from service.core.codec import Inbound
+from service.tls import ssl_context
 
 __all__ = ["COMMAND_QOS", "WILL_QOS", "BrokerError", "MqttConnection"]
 
@@ -127,10 +128,8 @@ def _client(options: IngressOptions, will: bytes) -> aiomqtt.Client:
     broker = options.broker
     tls = None
     if broker.tls:
-        tls = aiomqtt.TLSParameters(
-            ca_certs=str(options.ca_file) if options.ca_file else None,
-            certfile=str(options.cert_file) if options.cert_file else None,
-            keyfile=str(options.key_file) if options.key_file else None,
+        tls = ssl_context(
+            ca_file=options.ca_file, cert_file=options.cert_file, key_file=options.key_file
         )
     properties = None
     if options.v5:
@@ -155,7 +154,7 @@ def _client(options: IngressOptions, will: bytes) -> aiomqtt.Client:
         keepalive=options.keepalive,
         will=aiomqtt.Will(topic=options.last_will_topic, payload=will, qos=WILL_QOS, retain=False),
         properties=properties,
-        tls_params=tls,
+        tls_context=tls,
     )
 
 
