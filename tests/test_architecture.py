@@ -5,6 +5,8 @@
 - `service/application/` (the handler, the dispatcher, the relay) speaks only to ports: it
   imports no adapter and no transport or database library;
 - `service/adapters/` serve the application through the ports and never import it;
+- `service/client/` (the integrators' library) speaks the contract only: it imports the
+  models, the core, the configuration and the TLS settings, never the service's insides;
 - every module says what it exports (`__all__`), and exports only what it defines.
 """
 
@@ -93,6 +95,20 @@ def test_adapters_do_not_import_the_application(path: Path) -> None:
         assert not within(name, "service.application", "service.app", "service.cli"), (
             f"{dotted(path)} imports {name}: an adapter serves the application through a port"
         )
+
+
+# What the client may import of the service: what any integrator's code could use too.
+CLIENT_MAY_IMPORT = ("service.client", "service.models", "service.core", "service.config")
+CLIENT_MAY_IMPORT_ALSO = ("service.tls",)
+
+
+@pytest.mark.parametrize("path", ids(modules(PACKAGE / "client")))
+def test_the_client_depends_on_the_contract_only(path: Path) -> None:
+    for name in imports(path):
+        if within(name, "service"):
+            assert within(name, *CLIENT_MAY_IMPORT, *CLIENT_MAY_IMPORT_ALSO), (
+                f"{dotted(path)} imports {name}: the client library stays out of the service"
+            )
 
 
 EXEMPT = {"service.models", "service.__main__"}  # generated; the `python -m` entry

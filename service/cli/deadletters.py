@@ -13,11 +13,15 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from service.cli.mqtt import publish_command
+from service.client.transport import CommandPublisher
+from service.client.wire import Outbound
 from service.config import Settings
 from service.ports import DeadLetter, JobStore
+from service.tls import mqtt_ssl_context
 
 __all__ = ["dead_letters_command"]
+
+_PUBLISH_TIMEOUT_S = 30.0
 
 
 async def dead_letters_command(
@@ -56,13 +60,20 @@ async def dead_letters_command(
 
 
 async def _publish(settings: Settings, letter: DeadLetter) -> None:
-    await publish_command(
-        settings,
-        letter.address,
-        letter.payload,
+    publisher = CommandPublisher(
+        url=settings.mqtt,
         v5=settings.mqtt_protocol == "5",
-        user_properties=letter.properties,
+        tls=mqtt_ssl_context(settings),
+        timeout=_PUBLISH_TIMEOUT_S,
     )
+    await publisher.open()
+    try:
+        await publisher.publish(
+            letter.address,
+            Outbound(payload=letter.payload, user_properties=dict(letter.properties)),
+        )
+    finally:
+        await publisher.close()
 
 
 def _render(letter: DeadLetter, *, as_json: bool) -> str:
