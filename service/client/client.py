@@ -32,7 +32,7 @@ from service.client.wire import (
     message_type_of,
     new_job_id,
 )
-from service.config import BrokerUrl, Settings
+from service.config import BrokerUrl, ConfigError, Settings
 from service.core.codec import Command, valid_queue_id
 from service.core.events import (
     COUNTS_ROUTE_PREFIX,
@@ -200,8 +200,12 @@ class PrintClient:
     @classmethod
     def from_env(cls, **options: Unpack[ClientOptions]) -> Self:
         """A client configured by the service's environment variables (`MQTT_URL`,
-        `AMQP_URL`, `MQTT_CA_FILE`, ...); a ConfigError names every bad one."""
-        return cls.from_settings(Settings.from_env(), **options)
+        `AMQP_URL`, `MQTT_CA_FILE`, ...); a ConfigurationError names every bad one."""
+        try:
+            settings = Settings.from_env()
+        except ConfigError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        return cls.from_settings(settings, **options)
 
     def __repr__(self) -> str:  # never the API key
         return f"PrintClient(queue={self.queue!r})"

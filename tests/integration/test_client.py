@@ -47,6 +47,20 @@ async def test_submit_then_watch_to_the_end(service: Service, brokers: Brokers):
     )
 
 
+async def test_configured_from_the_services_environment(
+    service: Service, brokers: Brokers, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("MQTT_URL", brokers.mqtt_url)
+    monkeypatch.setenv("AMQP_URL", brokers.amqp_url)
+    async with PrintClient.from_env(queue=unique("q")) as client:  # README's example
+        job = await client.submit(title="report", copies=2)
+        statuses = [event.status async for event in client.watch(job.jobId)]
+    assert statuses[-1] is JobStatus.finished
+    monkeypatch.setenv("MQTT_CA_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(ConfigurationError, match="MQTT_CA_FILE"):
+        PrintClient.from_env()
+
+
 @pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
 async def test_fields_gzip_and_either_mqtt_version(
     service: Service, brokers: Brokers, mqtt_version
