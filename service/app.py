@@ -136,6 +136,8 @@ class Service:
             metrics=self.metrics,
             list_max=settings.job_list_max,
             printer_statuses=self.printer_monitor.statuses,
+            hold_timeout=settings.hold_timeout,
+            pin_attempts=settings.hold_pin_attempts,
         )
         self.retention = Retention(
             self.store,

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 import structlog
 
 from service.aio import resolved
 from service.application.dispatch import PrintDispatcher
-from service.core import jobs
+from service.core import jobs, pins
 from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.core.events import (
@@ -45,11 +46,13 @@ from service.models import (
     GetPrintCounts,
     GetPrinterStatus,
     GetPrintJobStatus,
+    HoldIndefinite,
     JobStatus,
     ListPrintJobs,
     MovePrintJob,
     PrinterStatus,
     RejectionReason,
+    ReleasePrintJob,
     UpdatePrintJob,
 )
 from service.ports import DeadLetter, JobStore, StoreError, StoreRefused, StoreTransaction
@@ -92,8 +95,15 @@ class CommandHandler:
         new_id: IdSource = new_id,
         list_max: int = 100,
         printer_statuses: Callable[[str], Sequence[PrinterStatus]] = lambda _lane: (),
+        hold_timeout: timedelta = timedelta(days=1),
+        pin_attempts: int = 5,
+        new_salt: Callable[[], bytes] = lambda: secrets.token_bytes(pins.SALT_BYTES),
     ) -> None:
         self._list_max = list_max
+        # A queue's own hold timeout, else this one; wrong PINs that cancel a held job.
+        self._hold_timeout = hold_timeout
+        self._pin_attempts = pin_attempts
+        self._new_salt = new_salt
         # The last reported status of a lane's printers (the PrinterMonitor's).
         self._printer_statuses = printer_statuses
         self._decoder = decoder
@@ -209,12 +219,14 @@ class CommandHandler:
             return self._printers(step)
         job = await step.tx.get(message.jobId)
         if isinstance(message, CreatePrintJob):
-            return self._create(step, message, job)
+            return await self._create(step, message, job)
         if job is not None and job.queue_id != step.command.queue_id:
             # A job is acted on through its own queue only; through another, it is answered
             # exactly as one that does not exist, so that no key learns of other queues' jobs.
             log.info("job_of_another_queue", job_queue_id=job.queue_id, **step.ids())
             job = None
+        if isinstance(message, ReleasePrintJob):
+            return await self._release(step, message, job)
         return self._on_job(step, message, job)
 
     def _on_job(
@@ -231,16 +243,34 @@ class CommandHandler:
             return self._move(step, message, job)
         return self._status(step, job)
 
-    def _create(self, step: _Step, message: CreatePrintJob, existing: jobs.Job | None) -> str:
+    async def _create(self, step: _Step, message: CreatePrintJob, existing: jobs.Job | None) -> str:
         command = step.command
         if existing is None and (refusal := self._queues.check_create(command.queue_id, message)):
             return self._refuse(step, refusal)
+        pin_hash = None
+        if (pin := message.releasePin) is not None and message.hold is HoldIndefinite.indefinite:
+            if existing is None:
+                # scrypt is slow on purpose: in a thread, so that other work goes on.
+                pin_hash = await asyncio.to_thread(pins.hash_pin, pin, salt=self._new_salt())
+            elif (
+                existing.pin_hash is not None
+                and existing.same_request(command.queue_id, message)
+                and not await asyncio.to_thread(pins.verify_pin, pin, existing.pin_hash)
+            ):
+                # The same create with another PIN is another request (the digest knows
+                # only that there is a PIN).
+                return self._refuse(step, _conflict(existing.job_id))
+        queue_timeout = self._queues.hold_timeout(command.queue_id)
         result = jobs.create(
             existing,
             message,
             queue_id=command.queue_id,
             correlation_id=command.correlation_id,
             now=step.now,
+            hold_timeout=(
+                self._hold_timeout if queue_timeout is None else timedelta(seconds=queue_timeout)
+            ),
+            pin_hash=pin_hash,
         )
         if result is None:
             log.info("duplicate_create_ignored", **step.ids())
@@ -252,9 +282,68 @@ class CommandHandler:
             step.tx.put_document(result.job_id, command.document)
         step.tx.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
-        step.after_commit.append(self._metrics.jobs.labels(JobStatus.created.value).inc)
-        log.info("job_created", priority=result.priority.value, **step.ids())
+        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        log.info(
+            "job_created",
+            priority=result.priority.value,
+            held=result.status is JobStatus.held,
+            **step.ids(),
+        )
         return "accepted"
+
+    async def _release(self, step: _Step, message: ReleasePrintJob, job: jobs.Job | None) -> str:
+        if job is None:
+            return self._refuse(step, _unknown(message.jobId))
+        if job.status is not JobStatus.held:
+            released = jobs.release(job, now=step.now)
+            if job.is_final and isinstance(released, jobs.Refusal):
+                return self._refuse(step, released)  # job_final
+            # Released already (a release delivered twice, or its hold time came): say where
+            # the job is rather than refuse.
+            return self._status(step, job)
+        if refused := await self._check_pin(step, message, job):
+            return refused
+        result = jobs.release(job, now=step.now)
+        if isinstance(result, jobs.Refusal):
+            return self._refuse(step, result)
+        step.tx.put(result)
+        step.tx.emit(_event(step, result))
+        step.after_commit.append(lambda: self._dispatcher.release(result))
+        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        log.info("job_released", **step.ids())
+        return "accepted"
+
+    async def _check_pin(self, step: _Step, message: ReleasePrintJob, job: jobs.Job) -> str | None:
+        """None if the release carries the job's PIN (or it needs none); else refused, and a
+        wrong one counted."""
+        if job.pin_hash is None:
+            return None
+        if message.pin is None:
+            return self._refuse(step, _release_refused(f"job {job.job_id!r} needs its PIN"))
+        if await asyncio.to_thread(pins.verify_pin, message.pin, job.pin_hash):
+            return None
+        return self._wrong_pin(step, job)
+
+    def _wrong_pin(self, step: _Step, job: jobs.Job) -> str:
+        """Count a wrong PIN; the last one allowed cancels the job. Never says the PIN."""
+        result = jobs.wrong_pin(job, now=step.now, limit=self._pin_attempts)
+        step.tx.put(result)
+        log.warning("release_pin_wrong", attempts=result.pin_attempts, **step.ids())
+        if not result.is_final:
+            left = self._pin_attempts - result.pin_attempts
+            return self._refuse(step, _release_refused(f"wrong PIN ({left} attempts left)"))
+        step.tx.emit(_event(step, result))
+        step.after_commit.append(lambda: self._dispatcher.withdraw(job))
+        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        log.warning("job_canceled", reason=result.reason, **step.ids())
+        return self._refuse(
+            step,
+            _release_refused(
+                f"wrong PIN; job {job.job_id!r} is canceled after {result.pin_attempts} wrong PINs"
+            ),
+        )
 
     def _cancel(self, step: _Step, message: CancelPrintJob, job: jobs.Job | None) -> str:
         if job is None:
@@ -452,6 +541,17 @@ def _event(
         updated=updated,
         moved_from=moved_from,
     )
+
+
+def _conflict(job_id: str) -> jobs.Refusal:
+    return jobs.Refusal(
+        RejectionReason.job_conflict,
+        f"job {job_id!r} already exists with a different payload or queue",
+    )
+
+
+def _release_refused(message: str) -> jobs.Refusal:
+    return jobs.Refusal(RejectionReason.release_refused, message)
 
 
 def _unknown(job_id: str) -> jobs.Refusal:

@@ -45,6 +45,7 @@ from service.models import (
     MovePrintJob,
     PrintJobEvent,
     RejectionReason,
+    ReleasePrintJob,
     UpdatePrintJob,
 )
 
@@ -66,6 +67,7 @@ Command = (
     | MovePrintJob
     | ListPrintJobs
     | GetPrinterStatus
+    | ReleasePrintJob
 )
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
@@ -77,10 +79,22 @@ MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.movePrintJob: MovePrintJob,
     MessageType.listPrintJobs: ListPrintJobs,
     MessageType.getPrinterStatus: GetPrinterStatus,
+    MessageType.releasePrintJob: ReleasePrintJob,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(
-    {"userId", "documentName", "priority", "document", "title", "copies", "options", "expireAfter"}
+    {
+        "userId",
+        "documentName",
+        "priority",
+        "document",
+        "title",
+        "copies",
+        "options",
+        "expireAfter",
+        "hold",
+        "releasePin",
+    }
 )
 MESSAGE_TYPES: Final = frozenset(t.value for t in MessageType)
 # Binary MQTT 5 correlation data is echoed as 0x + hex, within the 255 bytes of AMQP.
@@ -450,7 +464,8 @@ def _infer_type(body: Mapping[str, Any]) -> MessageType:
         RejectionReason.ambiguous_command,
         "cannot tell the command type: send an x-message-type header "
         "(or an envelope); a bare payload needs `force` (cancel) or one of "
-        "userId/documentName/priority/document/title/copies/options/expireAfter (create), "
+        "userId/documentName/priority/document/title/copies/options/expireAfter/hold/"
+        "releasePin (create), "
         "not both",
     )
 

@@ -119,6 +119,9 @@ def job_event(
         # Progress so far (a repeated `started`, a snapshot), or the totals of `finished`.
         impressionsCompleted=job.impressions,
         sheetsCompleted=job.sheets,
+        # What a held job waits for (the fields are kept only while it is held).
+        holdUntil=job.hold_until,
+        holdExpiresAt=job.hold_expires_at,
     )
     return Outgoing(
         message_id=str(event_id),

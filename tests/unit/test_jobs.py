@@ -68,6 +68,10 @@ ALLOWED: dict[tuple[str, JobStatus], tuple[JobStatus, str | None]] = {
     ("fail", JobStatus.started): (JobStatus.failed, "printer on fire"),
     # `begin` is `start` for a job without expireAfter.
     ("begin", JobStatus.created): (JobStatus.started, None),
+    # A held job goes to no printer; it may be canceled, and fails only if told to.
+    ("cancel", JobStatus.held): (JobStatus.canceled, "canceled while held"),
+    ("force-cancel", JobStatus.held): (JobStatus.canceled, "canceled while held"),
+    ("fail", JobStatus.held): (JobStatus.failed, "printer on fire"),
 }
 REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
     ("start", JobStatus.started): RejectionReason.job_started,
@@ -92,6 +96,9 @@ REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
     ("begin", JobStatus.finished): RejectionReason.job_final,
     ("begin", JobStatus.canceled): RejectionReason.job_final,
     ("begin", JobStatus.failed): RejectionReason.job_final,
+    ("start", JobStatus.held): RejectionReason.job_started,
+    ("begin", JobStatus.held): RejectionReason.job_started,
+    ("finish", JobStatus.held): RejectionReason.job_started,
 }
 
 

@@ -72,6 +72,10 @@ OLD_SQLITE: Final = (
     CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id);
     CREATE INDEX jobs_final ON jobs (updated_at) WHERE status IN ('finished', 'canceled', 'failed')
     """,
+    """
+    DROP INDEX jobs_unfinished;
+    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started', 'held')
+    """,
 )
 
 
@@ -146,6 +150,10 @@ OLD_POSTGRES: Final = (
     """
     CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id);
     CREATE INDEX jobs_final ON jobs (updated_at) WHERE status IN ('finished', 'canceled', 'failed')
+    """,
+    """
+    DROP INDEX jobs_unfinished;
+    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started', 'held')
     """,
 )
 

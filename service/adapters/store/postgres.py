@@ -397,7 +397,7 @@ class PostgresStore:
         async with self._read() as conn:
             cursor = await conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
-                "WHERE status IN ('created', 'started') ORDER BY created_at"
+                "WHERE status IN ('created', 'started', 'held') ORDER BY created_at"
             )
             rows = await cursor.fetchall()
         return [job_from_row(row) for row in rows]

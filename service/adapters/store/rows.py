@@ -148,7 +148,35 @@ def _details(job: Job) -> str:
         details["impressions"] = job.impressions
     if job.sheets is not None:
         details["sheets"] = job.sheets
+    details.update(_hold_details(job))
     return json.dumps(details, separators=(",", ":"))
+
+
+def _hold_details(job: Job) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    if job.status is not JobStatus.held:  # what a hold needs is forgotten once it ends
+        return details
+    if job.hold_until is not None:
+        details["holdUntil"] = job.hold_until.isoformat()
+    if job.hold_expires_at is not None:
+        details["holdExpiresAt"] = job.hold_expires_at.isoformat()
+    if job.pin_hash is not None:
+        details["pinHash"] = job.pin_hash
+    if job.pin_attempts:
+        details["pinAttempts"] = job.pin_attempts
+    return details
+
+
+def _hold_fields(details: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, name in (("holdUntil", "hold_until"), ("holdExpiresAt", "hold_expires_at")):
+        if key in details:
+            result[name] = datetime.fromisoformat(details[key])
+    if "pinHash" in details:
+        result["pin_hash"] = details["pinHash"]
+    if "pinAttempts" in details:
+        result["pin_attempts"] = details["pinAttempts"]
+    return result
 
 
 def _print_request(text: str | None) -> dict[str, Any]:
@@ -179,6 +207,7 @@ def _print_request(text: str | None) -> dict[str, Any]:
     for key in ("impressions", "sheets"):
         if key in details:
             result[key] = details[key]
+    result.update(_hold_fields(details))
     return result
 
 

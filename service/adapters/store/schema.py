@@ -166,6 +166,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "WHERE status IN ('finished', 'canceled', 'failed')",
         ),
     ),
+    Migration(
+        # Held jobs are unfinished too: recovery and takeover load them (their hold timers
+        # live with the lane's holder), so the index that finds unfinished jobs holds them.
+        versions={SQLITE: 5, POSTGRES: 6},
+        statements=(
+            "DROP INDEX jobs_unfinished",
+            "CREATE INDEX jobs_unfinished ON jobs (created_at) "
+            "WHERE status IN ('created', 'started', 'held')",
+        ),
+    ),
 )
 
 

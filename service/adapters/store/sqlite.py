@@ -349,7 +349,7 @@ class SqliteStore:
     async def waiting_jobs(self) -> Sequence[Job]:
         rows = self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
-            "WHERE status IN ('created', 'started') ORDER BY created_at",
+            "WHERE status IN ('created', 'started', 'held') ORDER BY created_at",
             (),
         )
         found = {job.job_id: job for job in map(job_from_row, rows)}
