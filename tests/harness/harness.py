@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Final, Self
 
@@ -89,14 +89,19 @@ class Harness:
         start: datetime = EPOCH,
         changes: Changes | None = None,
         list_max: int = 100,
+        hold_timeout: timedelta = timedelta(days=1),
+        pin_attempts: int = 5,
+        store: WatchedStore | None = None,
     ) -> None:
         """`lanes`: the printers of some lanes (made with `changes`, so that the waits hear
         of them); every other lane gets a FakePrinter of its own. `access`: the keys and
-        their rights (`api_keys`: plain keys that may do everything); neither: auth off."""
+        their rights (`api_keys`: plain keys that may do everything); neither: auth off.
+        `store`: another harness's, to start again on its data (pass its `changes` too)."""
         self.changes = changes or Changes()
         self.clock = FakeClock(start)
         self.ids = SequentialIds()
-        self.store = WatchedStore(self.changes)
+        # Another harness's store (with its `changes`): a restart, the same data.
+        self.store = store or WatchedStore(self.changes)
         self.publisher = CollectingPublisher(self.changes)
         self.printers = FakePrinters(dict(lanes or {}), changes=self.changes)
         self.documents = documents or FakeDocuments()
@@ -146,6 +151,8 @@ class Harness:
             new_id=self.ids,
             list_max=list_max,
             printer_statuses=self.monitor.statuses,
+            hold_timeout=hold_timeout,
+            pin_attempts=pin_attempts,
         )
         self.stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
