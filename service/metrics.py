@@ -142,5 +142,9 @@ class Metrics:
     def watch_readiness(self, checks: Callable[[], Mapping[str, bool]]) -> None:
         """Export each check of `checks` (the /readyz checks) as `print_ready{check}`, read
         at every scrape."""
+
+        def passing(name: str) -> Callable[[], float]:
+            return lambda: float(checks()[name])
+
         for name in checks():
-            self.ready.labels(name).set_function(lambda name=name: float(checks()[name]))
+            self.ready.labels(name).set_function(passing(name))
