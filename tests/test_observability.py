@@ -440,3 +440,16 @@ def test_every_expression_uses_what_the_service_exports(service_registry):
     assert problems == {}
     used = {s.metric for expr in expressions() for s in read_promql(expr).selectors}
     assert len(used) >= 20  # the reader found the metrics, not nothing
+
+
+def test_the_readme_names_every_metric_the_service_exports():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    derived = ("_created", "_bucket", "_sum", "_count")
+    names = {
+        re.sub(r"_(?:bucket|sum|count)$", "", name)
+        for name in exported()
+        if name.startswith("print_") and not name.endswith("_created")
+    }
+    assert {"print_command_to_event_seconds", "print_ready"} <= names
+    assert not [name for name in names if name.endswith(derived)]
+    assert [name for name in sorted(names) if f"`{name}" not in readme] == []
