@@ -158,6 +158,7 @@ class Service:
             registry=self.metrics.registry,
             readiness=self.readiness,
         )
+        self.metrics.watch_readiness(self.readiness)
         self.ready = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 

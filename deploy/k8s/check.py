@@ -77,6 +77,7 @@ KUBERNETES_VERSIONS: Final = ("1.30", kubernetes_validate.latest_version())
 # Schemas for custom resources: (apiVersion, kind) -> file in deploy/k8s/schemas/.
 CRD_SCHEMAS: Final = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda-v1alpha1.json",
 }
 

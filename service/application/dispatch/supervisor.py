@@ -59,6 +59,7 @@ class PrintDispatcher:
     ) -> None:
         self._queues = queues
         self._coordinator = coordinator
+        self._lease_losses = metrics.lease_losses
         self._spawner = Spawner()
         self._takeover = Takeover(
             store=store,
@@ -190,6 +191,7 @@ class PrintDispatcher:
 
     def _lanes_lost(self, lanes: list[str]) -> None:
         """Another replica may hold these lanes now: stop printing them here."""
+        self._lease_losses.inc()  # the coordinator takes lanes away only with the lease
         for lane in set(lanes):
             self._waiting.drop(lane)
             self._holds.drop(lane)
