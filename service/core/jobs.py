@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Final
 
 from service.core.text import capped
+from service.core.tracecontext import TraceContext
 from service.models import (
     CreatePrintJob,
     InlineDocument,
@@ -107,6 +108,8 @@ class Job:
     # the totals once finished; None until it reports them.
     impressions: int | None = None
     sheets: int | None = None
+    # The trace of the create that made it (tracing on): its print span's parent.
+    trace: TraceContext | None = None
 
     @property
     def is_final(self) -> bool:

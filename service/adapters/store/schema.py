@@ -166,10 +166,28 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "WHERE status IN ('finished', 'canceled', 'failed')",
         ),
     ),
+    # PLACEHOLDER: versions {SQLITE: 5, POSTGRES: 6} are taken by a migration written at the
+    # same time on another branch; replace this entry with it when the branches merge. A
+    # migration without statements is skipped (`migrations`), so no database records it.
+    Migration(versions={SQLITE: 5, POSTGRES: 6}, statements=()),
+    Migration(
+        # The W3C trace context of the command that caused an outbox message (tracing on):
+        # it is published later, by the relay, in that trace.
+        versions={SQLITE: 6, POSTGRES: 7},
+        statements=(
+            "ALTER TABLE outbox ADD COLUMN traceparent TEXT",
+            "ALTER TABLE outbox ADD COLUMN tracestate TEXT",
+        ),
+    ),
 )
 
 
 def migrations(dialect: Dialect) -> Sequence[tuple[int, tuple[str, ...]]]:
-    """`dialect`'s migrations as (version, rendered statements), in version order."""
-    mine = sorted((m.versions[dialect], m.statements) for m in MIGRATIONS if dialect in m.versions)
+    """`dialect`'s migrations as (version, rendered statements), in version order; a
+    version reserved without statements (a placeholder) is left out."""
+    mine = sorted(
+        (m.versions[dialect], m.statements)
+        for m in MIGRATIONS
+        if dialect in m.versions and m.statements
+    )
     return [(version, tuple(map(dialect.render, statements))) for version, statements in mine]

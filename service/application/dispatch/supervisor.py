@@ -21,7 +21,14 @@ from service.core import jobs
 from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.queues import QueueMap
 from service.metrics import Metrics
-from service.ports import Coordinator, DocumentSource, JobStore, PrinterDirectory
+from service.ports import (
+    NO_TRACING,
+    Coordinator,
+    DocumentSource,
+    JobStore,
+    PrinterDirectory,
+    Tracer,
+)
 
 __all__ = ["HANDOVER_TIMEOUT", "PrintDispatcher"]
 
@@ -47,6 +54,7 @@ class PrintDispatcher:
         progress_interval: float = 0.0,
         clock: Clock = utc_now,
         new_id: IdSource = new_id,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._queues = queues
         self._coordinator = coordinator
@@ -70,6 +78,7 @@ class PrintDispatcher:
             reload=self._takeover.reload,
             lane_of=self._lane,
             progress_interval=progress_interval,
+            tracer=tracer,
         )
         self._waiting = WaitingRoom(clock=clock, on_expired=self._expired)
         self._workers = LaneWorkers(
