@@ -110,6 +110,12 @@ class Metrics:
             "Transactions the store refused for their data (answered as internal_error).",
             registry=registry,
         )
+        self.trace_context_invalid = Counter(
+            "print_trace_context_invalid_total",
+            "Commands whose traceparent was malformed: ignored, a new trace started "
+            "(counted with tracing on).",
+            registry=registry,
+        )
         self.last_wills = Counter(
             "print_last_wills_received_total",
             "Last wills of other MQTT clients seen on the last-will topic.",

@@ -133,6 +133,23 @@ class CommandHeaders(BaseModel):
     model_config = ConfigDict(
         populate_by_name=True,
     )
+    traceparent: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `traceparent` (version-traceid-parentid-flags, lower-case hex).\nIn a command, one that does not match is ignored (a new trace starts): it never\ncauses a rejection.\n",
+            max_length=55,
+            min_length=55,
+            pattern="^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        ),
+    ] = None
+    tracestate: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `tracestate`, read only with a valid `traceparent`; at most 512\nprintable ASCII characters (a longer one is dropped).\n",
+            max_length=512,
+            pattern="^[ -~]*$",
+        ),
+    ] = None
     x_api_key: Annotated[str | None, Field(alias="x-api-key", description="API Key.")] = None
     x_correlation_id: Annotated[
         str | None,
@@ -184,6 +201,23 @@ class EventHeaders(BaseModel):
     x_message_type: Annotated[XMessageType, Field(alias="x-message-type")]
     CC: list[str] | None = None
     BCC: list[str] | None = None
+    traceparent: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `traceparent` (version-traceid-parentid-flags, lower-case hex).\nIn a command, one that does not match is ignored (a new trace starts): it never\ncauses a rejection.\n",
+            max_length=55,
+            min_length=55,
+            pattern="^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        ),
+    ] = None
+    tracestate: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `tracestate`, read only with a valid `traceparent`; at most 512\nprintable ASCII characters (a longer one is dropped).\n",
+            max_length=512,
+            pattern="^[ -~]*$",
+        ),
+    ] = None
 
 
 class HoldIndefinite(StrEnum):

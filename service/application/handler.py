@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from service.core.events import (
     job_event,
     job_list_event,
     rejection_event,
+    with_trace,
 )
 from service.core.listing import BadCursor, PageKey, encode_cursor, query_of
 from service.core.printers import printer_status_list_event
@@ -55,7 +57,16 @@ from service.models import (
     ReleasePrintJob,
     UpdatePrintJob,
 )
-from service.ports import DeadLetter, JobStore, StoreError, StoreRefused, StoreTransaction
+from service.ports import (
+    NO_TRACING,
+    DeadLetter,
+    JobStore,
+    Span,
+    StoreError,
+    StoreRefused,
+    StoreTransaction,
+    Tracer,
+)
 
 __all__ = ["CommandHandler"]
 
@@ -71,6 +82,10 @@ class _Step:
     now: datetime
     new_id: IdSource
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def emit(self, message: Outgoing) -> None:
+        """Emit `message` in the command's trace (if tracing is on and it has one)."""
+        self.tx.emit(with_trace(message, self.command.trace))
 
     def ids(self) -> dict[str, str | None]:
         """What every log line about this command carries (passed, not bound: cheaper)."""
@@ -98,8 +113,10 @@ class CommandHandler:
         hold_timeout: timedelta = timedelta(days=1),
         pin_attempts: int = 5,
         new_salt: Callable[[], bytes] = lambda: secrets.token_bytes(pins.SALT_BYTES),
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._list_max = list_max
+        self._tracer = tracer
         # A queue's own hold timeout, else this one; wrong PINs that cancel a held job.
         self._hold_timeout = hold_timeout
         self._pin_attempts = pin_attempts
@@ -125,7 +142,10 @@ class CommandHandler:
         not answered: it propagates (or fails the future), nothing is acknowledged, and the
         broker delivers again.
         """
-        decoded = [self._decoder.decode(inbound) for inbound in inbounds]
+        if self._tracer.enabled:
+            decoded = [self._decode_traced(inbound) for inbound in inbounds]
+        else:
+            decoded = [self._decoder.decode(inbound) for inbound in inbounds]
         try:
             return await self._apply(decoded)
         except StoreError:
@@ -136,6 +156,27 @@ class CommandHandler:
             for inbound, one in zip(inbounds, decoded, strict=True):
                 await self._handle_alone(inbound, one)
             return resolved()
+
+    def _decode_traced(self, inbound: Inbound) -> DecodedCommand | Rejection:
+        """Decode with a `decode` span: a child of the sender's traceparent, found only by
+        decoding (an envelope's header), so the span is started at the time taken before.
+        Without a valid one, that span starts the command's trace."""
+        started = time.time_ns()
+        decoded = self._decoder.decode(inbound)
+        span = self._tracer.start(
+            "decode",
+            parent=decoded.trace,
+            kind="consumer",
+            start_ns=started,
+            attributes=_span_attributes(decoded, inbound.topic),
+        )
+        span.end()
+        if decoded.trace_invalid:
+            self._metrics.trace_context_invalid.inc()
+            log.debug("traceparent_ignored", correlation_id=decoded.correlation_id)
+        if decoded.trace is None and span.context is not None:
+            decoded = dataclasses.replace(decoded, trace=span.context)
+        return decoded
 
     async def _handle_alone(self, inbound: Inbound, decoded: DecodedCommand | Rejection) -> None:
         """Apply one command and wait for its commit; if that fails, answer it with
@@ -193,21 +234,45 @@ class CommandHandler:
 
     async def _apply(self, commands: Sequence[DecodedCommand | Rejection]) -> asyncio.Future[None]:
         after_commit: list[Callable[[], None]] = []
-        async with self._store.apply_commands() as tx:
-            now = self._clock()
-            for command in commands:
-                if isinstance(command, Rejection):
-                    self._emit_rejection(tx, command, now, after_commit)
-                    continue
-                step = _Step(
-                    tx=tx, command=command, now=now, new_id=self._new_id, after_commit=after_commit
-                )
-                outcome = await self._apply_one(step)
-                after_commit.append(
-                    self._metrics.commands.labels(command.message_type.value, outcome).inc
-                )
+        spans: list[Span] = []
+        try:
+            async with self._store.apply_commands() as tx:
+                await self._apply_in(tx, commands, after_commit, spans)
+        except BaseException as exc:
+            for span in spans:
+                span.end(error=exc)
+            raise
+        if spans:
+            tx.durable.add_done_callback(partial(_end_spans, spans))
         tx.durable.add_done_callback(partial(_run_after_commit, after_commit))
         return tx.durable
+
+    async def _apply_in(
+        self,
+        tx: StoreTransaction,
+        commands: Sequence[DecodedCommand | Rejection],
+        after_commit: list[Callable[[], None]],
+        spans: list[Span],
+    ) -> None:
+        now = self._clock()
+        for command in commands:
+            if self._tracer.enabled:
+                # From its first write to the commit that makes its effects durable.
+                spans.append(
+                    self._tracer.start(
+                        "store", parent=command.trace, attributes=_span_attributes(command)
+                    )
+                )
+            if isinstance(command, Rejection):
+                self._emit_rejection(tx, command, now, after_commit)
+                continue
+            step = _Step(
+                tx=tx, command=command, now=now, new_id=self._new_id, after_commit=after_commit
+            )
+            outcome = await self._apply_one(step)
+            after_commit.append(
+                self._metrics.commands.labels(command.message_type.value, outcome).inc
+            )
 
     async def _apply_one(self, step: _Step) -> str:
         message = step.command.message
@@ -277,10 +342,12 @@ class CommandHandler:
             return "duplicate"
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
+        if command.trace is not None:
+            result = dataclasses.replace(result, trace=command.trace)  # for its print span
         step.tx.put(result)
         if command.document is not None:
             step.tx.put_document(result.job_id, command.document)
-        step.tx.emit(_event(step, result))
+        step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
         log.info(
@@ -352,7 +419,7 @@ class CommandHandler:
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
         step.tx.put(result)
-        step.tx.emit(_event(step, result))
+        step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
         step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
@@ -367,7 +434,7 @@ class CommandHandler:
             return self._refuse(step, result)
         updated, fields = result
         step.tx.put(updated)
-        step.tx.emit(_event(step, updated, updated=fields))
+        step.emit(_event(step, updated, updated=fields))
         step.after_commit.append(lambda: self._dispatcher.reprioritize(updated))
         log.info("job_updated", fields=fields, priority=updated.priority.value, **step.ids())
         return "accepted"
@@ -386,7 +453,7 @@ class CommandHandler:
         if refusal := self._queues.check_move(message.toQueue, job):
             return self._refuse(step, refusal)
         step.tx.put(result)
-        step.tx.emit(_event(step, result, moved_from=job.queue_id))
+        step.emit(_event(step, result, moved_from=job.queue_id))
         step.after_commit.append(lambda: self._dispatcher.move(result))
         log.info("job_moved", to_queue_id=result.queue_id, **step.ids())
         return "accepted"
@@ -394,13 +461,13 @@ class CommandHandler:
     def _status(self, step: _Step, job: jobs.Job | None) -> str:
         if job is None:
             return self._refuse(step, _unknown(step.command.job_id or ""))
-        step.tx.emit(_event(step, job, snapshot_at=step.now))
+        step.emit(_event(step, job, snapshot_at=step.now))
         return "accepted"
 
     async def _counts(self, step: _Step) -> str:
         command = step.command
         counts = await step.tx.counts(command.queue_id)
-        step.tx.emit(
+        step.emit(
             counts_event(
                 command.queue_id,
                 counts,
@@ -417,7 +484,7 @@ class CommandHandler:
         query never waits on a printer (nor holds the batch while one answers)."""
         command = step.command
         lane = self._queues.lane(command.queue_id) or command.queue_id
-        step.tx.emit(
+        step.emit(
             printer_status_list_event(
                 command.queue_id,
                 self._printer_statuses(lane),
@@ -451,7 +518,7 @@ class CommandHandler:
         if len(found) > query.limit:
             last = page[-1]
             next_cursor = encode_cursor(PageKey(last.created_at, last.job_id))
-        step.tx.emit(
+        step.emit(
             job_list_event(
                 command.queue_id,
                 page,
@@ -567,4 +634,32 @@ def _refused(command: DecodedCommand, reason: RejectionReason, message: str) -> 
         received_at=command.received_at,
         job_id=command.job_id,
         message_type=command.message_type.value,
+        trace=command.trace,
     )
+
+
+def _end_spans(spans: list[Span], durable: asyncio.Future[None]) -> None:
+    error = None if durable.cancelled() else durable.exception()
+    for span in spans:
+        span.end(error=error)
+
+
+def _span_attributes(
+    command: DecodedCommand | Rejection, topic: str | None = None
+) -> dict[str, str | int | bool]:
+    """OpenTelemetry's messaging attributes of a command; only what decoding has checked
+    (or the topic, which the broker caps), none of the payload."""
+    attributes: dict[str, str | int | bool] = {
+        "messaging.system": "mqtt",
+        "messaging.message.conversation_id": command.correlation_id,
+        "print.queue_id": _echo(command.queue_id) or "",
+    }
+    if topic is not None:
+        attributes["messaging.destination.name"] = capped(topic, 255)
+    if isinstance(command, Rejection):
+        attributes["print.rejected"] = command.reason.value
+    else:
+        attributes["print.message_type"] = command.message_type.value
+        if command.job_id is not None:
+            attributes["print.job_id"] = command.job_id
+    return attributes

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from service.core.text import capped
+from service.core.tracecontext import TraceContext
 from service.models import (
     CreatePrintJob,
     HoldIndefinite,
@@ -125,6 +126,8 @@ class Job:
     hold_expires_at: datetime | None = None
     pin_hash: str | None = None
     pin_attempts: int = 0
+    # The trace of the create that made it (tracing on): its print span's parent.
+    trace: TraceContext | None = None
 
     @property
     def is_final(self) -> bool:

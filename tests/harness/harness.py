@@ -46,7 +46,7 @@ from service.models import (
     PrintJobEvent,
     PrintJobList,
 )
-from service.ports import Printer
+from service.ports import NO_TRACING, Printer, Tracer
 from tests.harness.fakes import (
     EPOCH,
     Changes,
@@ -92,6 +92,7 @@ class Harness:
         hold_timeout: timedelta = timedelta(days=1),
         pin_attempts: int = 5,
         store: WatchedStore | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         """`lanes`: the printers of some lanes (made with `changes`, so that the waits hear
         of them); every other lane gets a FakePrinter of its own. `access`: the keys and
@@ -118,6 +119,7 @@ class Harness:
             progress_interval=progress_interval,
             clock=self.clock,
             new_id=self.ids,
+            tracer=tracer,
         )
         self.relay = OutboxRelay(
             store=self.store,
@@ -125,6 +127,7 @@ class Harness:
             metrics=self.metrics,
             concurrency=concurrency,
             backoff=_fast_backoff,
+            tracer=tracer,
         )
         self.store.on_commit(self.relay.wake)
         # Not run as a loop: a test polls it (`monitor.poll_once()`) when it wants a poll.
@@ -140,6 +143,7 @@ class Harness:
             max_decompressed_bytes=4 * MAX_BYTES,
             access=access if api_keys is None else AccessControl.plain(api_keys),
             new_id=lambda: str(self.ids()),
+            read_trace=tracer.enabled,
         )
         self.handler = CommandHandler(
             decoder=self.decoder,
@@ -153,6 +157,7 @@ class Harness:
             printer_statuses=self.monitor.statuses,
             hold_timeout=hold_timeout,
             pin_attempts=pin_attempts,
+            tracer=tracer,
         )
         self.stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None

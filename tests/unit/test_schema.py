@@ -76,6 +76,10 @@ OLD_SQLITE: Final = (
     DROP INDEX jobs_unfinished;
     CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started', 'held')
     """,
+    """
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    ALTER TABLE outbox ADD COLUMN tracestate TEXT
+    """,
 )
 
 
@@ -154,6 +158,10 @@ OLD_POSTGRES: Final = (
     """
     DROP INDEX jobs_unfinished;
     CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started', 'held')
+    """,
+    """
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    ALTER TABLE outbox ADD COLUMN tracestate TEXT
     """,
 )
 

@@ -178,7 +178,7 @@ class _Transaction(PendingWrites):
             if outbox_rows:
                 await cursor.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     outbox_rows,
                 )
             if self.sent:

@@ -176,6 +176,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "WHERE status IN ('created', 'started', 'held')",
         ),
     ),
+    Migration(
+        # The W3C trace context of the command that caused an outbox message (tracing on):
+        # it is published later, by the relay, in that trace.
+        versions={SQLITE: 6, POSTGRES: 7},
+        statements=(
+            "ALTER TABLE outbox ADD COLUMN traceparent TEXT",
+            "ALTER TABLE outbox ADD COLUMN tracestate TEXT",
+        ),
+    ),
 )
 
 

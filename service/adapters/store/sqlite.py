@@ -440,7 +440,7 @@ class SqliteStore:
             if batch.outbox_rows:
                 conn.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     batch.outbox_rows,
                 )
                 # One writer and AUTOINCREMENT: the batch's rows are the last positions.

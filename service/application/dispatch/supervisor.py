@@ -24,12 +24,14 @@ from service.core.queues import QueueMap
 from service.metrics import Metrics
 from service.models import JobStatus
 from service.ports import (
+    NO_TRACING,
     Coordinator,
     DocumentSource,
     JobStore,
     PrinterDirectory,
     StoreError,
     StoreRefused,
+    Tracer,
 )
 
 __all__ = ["HANDOVER_TIMEOUT", "PrintDispatcher"]
@@ -56,6 +58,7 @@ class PrintDispatcher:
         progress_interval: float = 0.0,
         clock: Clock = utc_now,
         new_id: IdSource = new_id,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._queues = queues
         self._coordinator = coordinator
@@ -80,6 +83,7 @@ class PrintDispatcher:
             reload=self._takeover.reload,
             lane_of=self._lane,
             progress_interval=progress_interval,
+            tracer=tracer,
         )
         self._waiting = WaitingRoom(clock=clock, on_expired=self._expired)
         self._holds = HoldRoom(clock=clock, on_due=self._hold_due)
