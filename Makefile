@@ -11,8 +11,8 @@ LOCKS  := requirements/tools.lock requirements/dev.lock requirements/service.loc
 install: $(VENV)/.installed
 
 # Exactly the locked versions, each checked against its hash: first the tools (pip, uv,
-# packaging), then the check that the locks match pyproject.toml (a stale lock stops here,
-# before anything else is installed), then dev.lock (runtime, dev extra and the build
+# packaging, editables), then the check that the locks match pyproject.toml (a stale lock
+# stops here, before anything else is installed), then dev.lock (runtime, dev extra and the build
 # backend), then the project itself without dependencies or an isolated build environment.
 $(VENV)/.installed: pyproject.toml requirements/check.py $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
