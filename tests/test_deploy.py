@@ -5,8 +5,9 @@
   schemas, and keeps the rules the overlays promise.
 - docker-compose.yml: valid under the Compose Specification (check-jsonschema's bundled
   schema), and the stack is what the README says it is.
-- Dockerfile: its install steps without Docker. The wheels are built from exactly what the
-  image's build context holds, installed with --no-index into a fresh virtual environment,
+- Dockerfile: its install steps without Docker. The builder's RUN commands are run as
+  written (locked, hash-checked wheels) in a fresh virtual environment on exactly what the
+  image's build context holds, the wheels installed with --no-index into another one,
   pip and setuptools removed as in the image, and the installed `print-service` is run: --help,
   /healthz, the Dockerfile's own HEALTHCHECK command, and SIGTERM.
 """
@@ -20,6 +21,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +43,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.markers import Marker
 
 from service.config import BrokerUrl, Settings
 from tests.conftest import Brokers
@@ -65,6 +68,9 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 check = _load("k8s_check", K8S / "check.py")
+lock_check = _load("lock_check", ROOT / "requirements" / "check.py")
+# What .dockerignore lets in of requirements/: the builder installs from these.
+LOCKS_IN_CONTEXT = ("!requirements/service.lock", "!requirements/build.lock")
 make_env = _load("compose_make_env", ROOT / "deploy" / "compose" / "make_env.py")
 TARGETS: tuple[str, ...] = check.TARGETS
 
@@ -812,6 +818,13 @@ def dockerfile_final_stage() -> str:
     return DOCKERFILE.read_text().split("\nFROM ")[-1]
 
 
+def dockerfile_builder_runs() -> list[list[str]]:
+    """The builder stage's RUN commands, each split into its `&&`-joined commands."""
+    builder = DOCKERFILE.read_text().split("\nFROM ")[1].replace("\\\n", " ")
+    runs = re.findall(r"^RUN (.+)$", builder, re.MULTILINE)
+    return [shlex.split(command) for run in runs for command in run.split("&&")]
+
+
 def dockerfile_json(instruction: str) -> list[str]:
     """The exec-form (JSON array) argument of an instruction in the final stage."""
     text = dockerfile_final_stage().replace("\\\n", " ")
@@ -838,9 +851,23 @@ def test_dockerfile_final_stage():
     assert dockerfile_json("HEALTHCHECK")[:2] == ["python", "-c"]
     # The build context (.dockerignore) holds what the builder copies.
     ignore = (ROOT / ".dockerignore").read_text().split()
-    assert {"!pyproject.toml", "!README.md", "!service/"} <= set(ignore)
+    assert {"!pyproject.toml", "!README.md", "!service/", *LOCKS_IN_CONTEXT} <= set(ignore)
     assert "COPY pyproject.toml README.md ./" in dockerfile
     assert "COPY service/ service/" in dockerfile
+    assert "COPY requirements/service.lock requirements/build.lock requirements/" in dockerfile
+
+
+def test_dockerfile_builder_installs_only_what_is_locked():
+    """Every pip command of the builder takes the locks with hashes, or builds the project
+    alone with the locked backend: nothing is resolved from an open version range."""
+    commands = dockerfile_builder_runs()
+    assert [c[:2] for c in commands] == [["pip", "install"], ["pip", "wheel"], ["pip", "wheel"]]
+    install, dependencies, project = commands
+    assert install[2:] == ["--require-hashes", "-r", "requirements/build.lock"]
+    assert {"--require-hashes", "--only-binary=:all:"} <= set(dependencies)
+    assert dependencies[-2:] == ["-r", "requirements/service.lock"]
+    assert {"--no-deps", "--no-build-isolation"} <= set(project)
+    assert project[-1] == "."
 
 
 def run(command: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -859,17 +886,30 @@ def image_venv(tmp_path_factory) -> Path:
     context.mkdir()
     shutil.copy(ROOT / "pyproject.toml", context)
     shutil.copy(ROOT / "README.md", context)
+    (context / "requirements").mkdir()
+    for lock in LOCKS_IN_CONTEXT:
+        shutil.copy(ROOT / lock.removeprefix("!"), context / "requirements")
     shutil.copytree(
         ROOT / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__")
     )
     wheels = work / "wheels"
-    # builder: RUN pip wheel --wheel-dir /wheels .
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(wheels), "."],
-        timeout=400,
-        cwd=context,
-    )
-    assert list(wheels.glob("print_service-*.whl"))
+    # builder: a fresh Python (the image's), its RUN commands as written, /wheels here.
+    builder = work / "builder"
+    run([sys.executable, "-m", "venv", str(builder)], timeout=120)
+    for command in dockerfile_builder_runs():
+        assert command[0] == "pip", command
+        args = [str(wheels) if arg == "/wheels" else arg for arg in command[1:]]
+        run([str(builder / "bin" / "python"), "-m", "pip", *args], timeout=400, cwd=context)
+    built = sorted(w.name for w in wheels.glob("*.whl"))
+    assert [w for w in built if w.startswith("print_service-")], built
+    # Exactly the locked versions: one wheel per service.lock pin for this platform.
+    locked = {
+        f"{pin.name.replace('-', '_')}-{pin.version}"
+        for pin in lock_check.parse_lock((ROOT / "requirements" / "service.lock").read_text())
+        if not pin.marker or Marker(pin.marker).evaluate()
+    }
+    found = {"-".join(w.split("-")[:2]).lower() for w in built if not w.startswith("print_")}
+    assert found == locked
     venv = work / "venv"
     run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     python = str(venv / "bin" / "python")
