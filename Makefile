@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 
 # Exactly the locked versions, each checked against its hash: first the tools (pip, uv,
 # packaging, editables), then the check that the locks match pyproject.toml (a stale lock
-# stops here, before anything else is installed), then dev.lock (runtime, dev extra and the build
+# stops here, before anything else is installed), then dev.lock (runtime, the dev and tracing extras, the build
 # backend), then the project itself without dependencies or an isolated build environment.
 $(VENV)/.installed: pyproject.toml requirements/check.py $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,8 @@ BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyp
 lock:  ## regenerate requirements/*.lock from pyproject.toml (UPGRADE=1: newest versions)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements/tools.lock
-	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --extra dev -o requirements/dev.lock
-	$(UV_COMPILE) pyproject.toml -c requirements/dev.lock -o requirements/service.lock
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --extra dev --extra tracing -o requirements/dev.lock
+	$(UV_COMPILE) pyproject.toml --extra tracing -c requirements/dev.lock -o requirements/service.lock
 	$(BUILD_REQUIRES) | $(UV_COMPILE) - -c requirements/dev.lock -o requirements/build.lock
 	$(UV_COMPILE) requirements/tools.in -c requirements/dev.lock -o requirements/tools.lock
 	$(BIN)/python requirements/check.py

@@ -501,7 +501,7 @@ def test_a_custom_resource_without_a_schema_says_where_it_goes(rendered):
 def test_check_script_exits_zero():
     result = check_script()
     assert result.returncode == 0, result.stderr
-    assert "overlays/production: 8 objects (kustomize v5." in result.stderr
+    assert "overlays/production: 9 objects (kustomize v5." in result.stderr
     assert "overlays/production: ok" in result.stderr
 
 
