@@ -2,10 +2,10 @@
 operator would put CUPS between the service and a printer.
 
 Everything of the server lives under the test's directory: its ServerRoot (cupsd.conf,
-printers.conf), state, cache, spool (RequestRoot), temp and log directories; it listens on
-a free port of 127.0.0.1 only, never on 631 nor on the system's socket, and never reads
-/etc/cups. Its policy lets anyone on loopback do everything without authentication: the
-test's `lpadmin` and the service alike.
+printers.conf), state (its printcap too), cache, spool (RequestRoot), temp and log
+directories; it listens on a free port of 127.0.0.1 only, never on 631 nor on the system's
+socket, and never reads /etc/cups nor writes /run/cups. Its policy lets anyone on
+loopback do everything without authentication: the test's `lpadmin` and the service alike.
 
 The one backend the queue needs (`ipp`) runs as root: cupsd runs a backend as its `User`
 (lp) unless the backend's file is readable by its owner only, and lp cannot reach the
@@ -20,6 +20,7 @@ passes the document on as it came, so the printer behind it spools the very byte
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -78,6 +79,8 @@ ServerBin {root}/serverbin
 ErrorLog {root}/log/error_log
 AccessLog {root}/log/access_log
 PageLog {root}/log/page_log
+# Not the system's /run/cups/printcap.
+Printcap {root}/state/printcap
 {user}"""
 
 # cupsd drops privileges to lp for its children when it runs as root (our backend excepted).
@@ -118,13 +121,14 @@ class CupsServer:
         self._files_conf = workdir / "cups-files.conf"
         self._error_log = workdir / "log" / "error_log"
         self._output = workdir / "log" / "cupsd.out"
+        self._lpadmin, self._lpstat = "lpadmin", "lpstat"  # found on PATH and in sbin by start
         self._process: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
         """Starts cupsd, waits until it answers, adds the queue and waits until it accepts."""
         self._launch()
         try:
-            await self._wait(self._scheduler_answers, "cupsd answered lpstat -r")
+            await self._wait(self._scheduler_answers, "cupsd answered HTTP on its port")
             self._add_queue()
             await self._wait(self._accepting, f"queue {self.queue} accepts jobs")
         except BaseException:
@@ -209,15 +213,19 @@ class CupsServer:
         as_root = _AS_ROOT if os.geteuid() == 0 else ""
         self._files_conf.write_text(_CUPS_FILES_CONF.format(root=self._root, user=as_root))
 
-    def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=15,
-            stdin=subprocess.DEVNULL,
-        )
+    def _run(self, *command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+        """The command's result; one that did not end within `timeout` failed (exit -1)."""
+        try:
+            return subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(command, -1, "", f"no answer within {timeout:g} s")
 
     async def _wait(self, check: Callable[[], bool], what: str) -> None:
         """`check` comes true while cupsd runs; else the failure says what cupsd logged."""
@@ -233,8 +241,19 @@ class CupsServer:
             raise CupsUnavailableError(self._why(str(exc))) from None
 
     def _scheduler_answers(self) -> bool:
-        answer = self._run(self._lpstat, "-h", self.host, "-r")
-        return answer.returncode == 0 and "scheduler is running" in answer.stdout
+        # An HTTP answer from CUPS itself, not only a connection accepted (all `lpstat -r`
+        # checks) nor lpstat's word (`lpstat -d` says "no system default destination" and
+        # exits 0 when nothing listens).
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3)
+        try:
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            response.read()
+            return (response.getheader("Server") or "").startswith("CUPS/")
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
 
     def _accepting(self) -> bool:
         answer = self._run(self._lpstat, "-h", self.host, "-a", self.queue)
