@@ -8,7 +8,7 @@ socket, and never reads /etc/cups nor writes /run/cups. Its policy lets anyone o
 loopback do everything without authentication: the test's `lpadmin` and the service alike.
 
 The one backend the queue needs (`ipp`) runs as root: cupsd runs a backend as its `User`
-(lp) unless the backend's file is readable by its owner only, and lp cannot reach the
+(lp) unless only its owner may execute its file (0700), and lp cannot reach the
 job's spool file under the test's directory (pytest's base temp directory is 0700 root).
 So the server's ServerBin is a directory of our own: the system's, except for `backend/`,
 which holds one 0700 wrapper that executes the system's `ipp` backend.
