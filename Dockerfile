@@ -2,10 +2,12 @@
 # The print service's image: `docker build -t print-service .`, then
 #   docker run --rm -p 8080:8080 -e MQTT_URL=... -e AMQP_URL=... print-service
 #
-# Two stages. The builder turns the project and every dependency into wheels (all of them
-# are published as binary wheels, so no compiler is needed even there). The final stage
-# installs only those wheels, from a bind mount (nothing of the builder is copied into a
-# layer), then removes pip, setuptools and wheel: no build or install tools stay behind.
+# Two stages. The builder turns the project and every dependency into wheels: the
+# dependencies exactly as requirements/service.lock pins them, each checked against its hash
+# (binary wheels only, so no compiler is needed even there), and the project with the build
+# backend of requirements/build.lock. Two builds of one commit install the same files. The
+# final stage installs only those wheels, from a bind mount (nothing of the builder is copied
+# into a layer), then removes pip, setuptools and wheel: no build or install tools stay behind.
 #
 # These steps are exercised without Docker by tests/test_deploy.py: it builds the wheels
 # the same way, installs them into a fresh virtual environment with --no-index, runs
@@ -19,12 +21,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
+# The locks first: the dependencies' layer is rebuilt only when a lock changes.
+COPY requirements/service.lock requirements/build.lock requirements/
+RUN pip install --require-hashes -r requirements/build.lock \
+ && pip wheel --require-hashes --only-binary=:all: --wheel-dir /wheels -r requirements/service.lock
 # Only what the wheel is built from (pyproject names README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY service/ service/
-# The project's wheel (built by hatchling in an isolated build environment) and a wheel of
-# each dependency, all in /wheels.
-RUN pip wheel --wheel-dir /wheels .
+# The project's wheel, by the locked hatchling (no isolated build environment, which would
+# take whatever hatchling is newest), beside the dependencies' in /wheels.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # --- final -------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

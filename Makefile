@@ -4,15 +4,40 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 NODE_TOOLS := .ci/asyncapi
 
-.PHONY: install run test lint format generate check-generated validate-contract docs bench k8s-check clean
+LOCKS  := requirements/tools.lock requirements/dev.lock requirements/service.lock requirements/build.lock
+
+.PHONY: install lock run test lint format generate check-generated validate-contract docs bench k8s-check clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Exactly the locked versions, each checked against its hash: first the tools (pip, uv,
+# packaging, editables), then the check that the locks match pyproject.toml (a stale lock
+# stops here, before anything else is installed), then dev.lock (runtime, the dev and tracing extras, the build
+# backend), then the project itself without dependencies or an isolated build environment.
+$(VENV)/.installed: pyproject.toml requirements/check.py $(LOCKS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements/tools.lock
+	$(BIN)/python requirements/check.py
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# requirements/*.lock from pyproject.toml with uv (pinned in requirements/tools.in): every
+# platform and Python >= 3.11 in one file (--universal), with hashes. Versions already in a
+# lock are kept unless pyproject.toml rules them out; UPGRADE=1 takes the newest allowed.
+# dev.lock first; the others are constrained to its versions (the image runs what CI tested).
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+
+lock:  ## regenerate requirements/*.lock from pyproject.toml (UPGRADE=1: newest versions)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements/tools.lock
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --extra dev --extra tracing -o requirements/dev.lock
+	$(UV_COMPILE) pyproject.toml --extra tracing -c requirements/dev.lock -o requirements/service.lock
+	$(BUILD_REQUIRES) | $(UV_COMPILE) - -c requirements/dev.lock -o requirements/build.lock
+	$(UV_COMPILE) requirements/tools.in -c requirements/dev.lock -o requirements/tools.lock
+	$(BIN)/python requirements/check.py
 
 # AUTH_DISABLED=true: every command is accepted without an API key (the service warns
 # `auth_disabled` at start); without keys or it, the service refuses to start.
@@ -25,7 +50,7 @@ test: install  ## unit and integration tests (brokers: see README)
 lint: install  ## ruff and mypy strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service tests bench deploy/k8s/check.py deploy/mosquitto/make_credentials.py deploy/rabbitmq/make_users.py deploy/compose/make_env.py
+	$(BIN)/mypy service tests bench deploy/k8s/check.py deploy/mosquitto/make_credentials.py deploy/rabbitmq/make_users.py deploy/compose/make_env.py requirements/check.py
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -35,6 +35,7 @@ from service.adapters.store.leases import RELAY_LANE, PostgresLeases
 from service.adapters.store.memory import MemoryStore
 from service.adapters.store.postgres import PostgresStore
 from service.adapters.store.sqlite import SqliteStore
+from service.adapters.tracing import Tracing, tracing_from_env
 from service.aio import sleep_unless
 from service.application.dispatch import PrintDispatcher
 from service.application.handler import CommandHandler
@@ -61,10 +62,15 @@ class Service:
         *,
         queues: QueueMap,
         registry: CollectorRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """Wire the service; nothing is read or connected until `run`. `queues` is the
-        queue configuration, read (and refused if invalid) before: `Settings.queue_map()`."""
+        queue configuration, read (and refused if invalid) before: `Settings.queue_map()`.
+        `tracing`: what the `OTEL_*` variables ask for, unless given (a ConfigError if they
+        ask for what is not installed)."""
         self.settings = settings
+        self.tracing = tracing if tracing is not None else tracing_from_env()
+        tracer = self.tracing.tracer
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
         self.queues = queues
@@ -84,6 +90,7 @@ class Service:
             concurrency=settings.publish_concurrency,
             max_refusals=settings.dead_letter_after,
             leading=lambda: self.coordinator.owns(RELAY_LANE),
+            tracer=tracer,
         )
         self.store.on_commit(self.relay.wake)
         self.store.on_commit(self.metrics.commits.inc)
@@ -104,6 +111,7 @@ class Service:
             metrics=self.metrics,
             max_interruptions=settings.print_max_interruptions,
             progress_interval=settings.progress_interval,
+            tracer=tracer,
         )
         self.printer_monitor = PrinterMonitor(
             store=self.store,
@@ -129,6 +137,7 @@ class Service:
                 max_decompressed_bytes=settings.max_decompressed_bytes,
                 access=self.access,
                 new_id=lambda: str(uuid.uuid4()),
+                read_trace=tracer.enabled,
             ),
             store=self.store,
             queues=self.queues,
@@ -136,6 +145,9 @@ class Service:
             metrics=self.metrics,
             list_max=settings.job_list_max,
             printer_statuses=self.printer_monitor.statuses,
+            hold_timeout=settings.hold_timeout,
+            pin_attempts=settings.hold_pin_attempts,
+            tracer=tracer,
         )
         self.retention = Retention(
             self.store,
@@ -156,6 +168,7 @@ class Service:
             registry=self.metrics.registry,
             readiness=self.readiness,
         )
+        self.metrics.watch_readiness(self.readiness)
         self.ready = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -247,6 +260,8 @@ class Service:
             await self.publisher.close()
             await self.store.close()
             await self.http.close()
+            # Flushes the spans not yet exported (blocking: the SDK's exporters are).
+            await asyncio.to_thread(self.tracing.shutdown)
             log.info("service_stopped")
 
     async def _dispatch(self, ingress_done: asyncio.Event, done: asyncio.Event) -> None:

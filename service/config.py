@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     job_purge_interval: float = Field(default=60.0, gt=0)
     # The most jobs a `listPrintJobs` page holds (a larger `limit` is lowered to it).
     job_list_max: int = Field(default=100, ge=1, le=10_000)
+    # How long a held job waits for its release before it is canceled (`hold_expired`),
+    # unless its queue sets `hold_timeout`; seconds or an ISO 8601 duration (PT8H).
+    hold_timeout: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
+    # Wrong release PINs that cancel a held job (the last one included).
+    hold_pin_attempts: int = Field(default=5, ge=1, le=100)
     # How often the printers of the lanes this replica holds are asked for their status
     # (a `printerStatus` event goes out only when one changed).
     printer_status_interval: float = Field(default=10.0, gt=0)
@@ -168,7 +173,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_timeout: float = Field(default=20.0, gt=0)
 
-    @field_validator("job_retention", mode="before")
+    @field_validator("job_retention", "hold_timeout", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
         # A plain number is seconds; anything else is pydantic's (P7D, 7 days, 12:00:00).

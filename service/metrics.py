@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 __all__ = ["Metrics"]
@@ -50,6 +52,9 @@ class Metrics:
             ["broker"],
             registry=registry,
         )
+        # Present (at 0) before the first connection: a broker never reached is alerted on too.
+        for broker in ("mqtt", "amqp"):
+            self.broker_up.labels(broker)
         self.outbox_depth = Gauge(
             "print_outbox_depth",
             "Messages waiting for the AMQP broker's confirm.",
@@ -96,9 +101,19 @@ class Metrics:
             ["source"],
             registry=registry,
         )
+        # Present at 0 from the start: `increase()` does not see the first dead letter of a
+        # series that appears with it.
+        for source in ("command", "event"):
+            self.dead_letters.labels(source)
         self.store_refusals = Counter(
             "print_store_refusals_total",
             "Transactions the store refused for their data (answered as internal_error).",
+            registry=registry,
+        )
+        self.trace_context_invalid = Counter(
+            "print_trace_context_invalid_total",
+            "Commands whose traceparent was malformed: ignored, a new trace started "
+            "(counted with tracing on).",
             registry=registry,
         )
         self.last_wills = Counter(
@@ -118,3 +133,24 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.lease_losses = Counter(
+            "print_lease_losses_total",
+            "Times this replica found its lease gone and gave up the lanes it held.",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "print_ready",
+            "1 while the /readyz check passes, by check (mqtt, amqp, store, outbox, accepting).",
+            ["check"],
+            registry=registry,
+        )
+
+    def watch_readiness(self, checks: Callable[[], Mapping[str, bool]]) -> None:
+        """Export each check of `checks` (the /readyz checks) as `print_ready{check}`, read
+        at every scrape."""
+
+        def passing(name: str) -> Callable[[], float]:
+            return lambda: float(checks()[name])
+
+        for name in checks():
+            self.ready.labels(name).set_function(passing(name))

@@ -39,6 +39,7 @@ class JobStatus(StrEnum):
     finished = "finished"
     canceled = "canceled"
     failed = "failed"
+    held = "held"
 
 
 class MessageType(StrEnum):
@@ -54,6 +55,7 @@ class MessageType(StrEnum):
     movePrintJob = "movePrintJob"
     listPrintJobs = "listPrintJobs"
     getPrinterStatus = "getPrinterStatus"
+    releasePrintJob = "releasePrintJob"
 
 
 class RejectionReason(StrEnum):
@@ -69,7 +71,7 @@ class RejectionReason(StrEnum):
     - `unauthorized`: the `x-api-key` header is missing, not a configured key, or the
       command carries two different keys (nothing else of the command is read);
     - `forbidden`: the key is valid, but may not send this command (it lacks the scope,
-      `write:job` for create, cancel, update and move (a move: on both
+      `write:job` for create, cancel, update, move and release (a move: on both
       queues), `read:job` for status, counts, lists and printer statuses), or
       not to this queue, or may not create a job with this jobId (a tenant's key creates
       only jobs whose ids begin with its prefix);
@@ -81,6 +83,8 @@ class RejectionReason(StrEnum):
     - `job_started`: the job is printing and the cancel did not say `force: true`
       (or, for an update or a move, it has started);
     - `job_final`: the job is already finished, canceled or failed;
+    - `release_refused`: a `releasePrintJob` without the job's release PIN, or with
+      a wrong one (too many wrong ones cancel the job);
     - `unknown_queue`: no queue of that id is configured, and unknown queues are rejected
       (for a move, the target queue `toQueue`);
     - `document_required`: the queue prints on a real printer and the create has no document;
@@ -107,6 +111,7 @@ class RejectionReason(StrEnum):
     document_required = "document_required"
     unsupported_document = "unsupported_document"
     retained_command = "retained_command"
+    release_refused = "release_refused"
     internal_error = "internal_error"
 
 
@@ -128,6 +133,23 @@ class CommandHeaders(BaseModel):
     model_config = ConfigDict(
         populate_by_name=True,
     )
+    traceparent: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `traceparent` (version-traceid-parentid-flags, lower-case hex).\nIn a command, one that does not match is ignored (a new trace starts): it never\ncauses a rejection.\n",
+            max_length=55,
+            min_length=55,
+            pattern="^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        ),
+    ] = None
+    tracestate: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `tracestate`, read only with a valid `traceparent`; at most 512\nprintable ASCII characters (a longer one is dropped).\n",
+            max_length=512,
+            pattern="^[ -~]*$",
+        ),
+    ] = None
     x_api_key: Annotated[str | None, Field(alias="x-api-key", description="API Key.")] = None
     x_correlation_id: Annotated[
         str | None,
@@ -179,6 +201,31 @@ class EventHeaders(BaseModel):
     x_message_type: Annotated[XMessageType, Field(alias="x-message-type")]
     CC: list[str] | None = None
     BCC: list[str] | None = None
+    traceparent: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `traceparent` (version-traceid-parentid-flags, lower-case hex).\nIn a command, one that does not match is ignored (a new trace starts): it never\ncauses a rejection.\n",
+            max_length=55,
+            min_length=55,
+            pattern="^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        ),
+    ] = None
+    tracestate: Annotated[
+        str | None,
+        Field(
+            description="W3C Trace Context `tracestate`, read only with a valid `traceparent`; at most 512\nprintable ASCII characters (a longer one is dropped).\n",
+            max_length=512,
+            pattern="^[ -~]*$",
+        ),
+    ] = None
+
+
+class HoldIndefinite(StrEnum):
+    """
+    Held until released (or until the hold timeout).
+    """
+
+    indefinite = "indefinite"
 
 
 class InlineDocument(BaseModel):
@@ -308,6 +355,28 @@ class MovePrintJob(BaseModel):
     ]
 
 
+class ReleasePrintJob(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    jobId: Annotated[
+        str,
+        Field(
+            description="Job Id. Letters, digits and `._:-`, at most 128 characters: it is part of the\nAMQP routing key `events/{jobId}`.\n",
+            pattern="^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ),
+    ]
+    pin: Annotated[
+        str | None,
+        Field(
+            description="The job's `releasePin`, when it was created with one.",
+            max_length=64,
+            min_length=1,
+        ),
+    ] = None
+
+
 class GetPrintCounts(BaseModel):
     """
     No fields; the queue is the one of the topic.
@@ -407,6 +476,7 @@ class StatusCounts(BaseModel):
     finished: Annotated[int, Field(ge=0)]
     canceled: Annotated[int, Field(ge=0)]
     failed: Annotated[int, Field(ge=0)]
+    held: Annotated[int, Field(ge=0)]
 
 
 class ListPrintJobs(BaseModel):
@@ -564,7 +634,7 @@ class PrintJobEvent(BaseModel):
     reason: Annotated[
         str | None,
         Field(
-            description="Why the job reached this status, when there is more to say: a forced cancel,\n`expired`, or for `failed` what the printer or the fetch said.\n"
+            description="Why the job reached this status, when there is more to say: a forced cancel,\n`expired`, `hold_expired`, `pin_attempts_exceeded`, `released`, `hold_ended`,\nor for `failed` what the printer or the fetch said.\n"
         ),
     ] = None
     updated: Annotated[
@@ -591,6 +661,18 @@ class PrintJobEvent(BaseModel):
         Field(
             description="Media sheets the printer reports done so far, beside `impressionsCompleted`, when\nthe printer counts them (a duplex sheet holds two impressions).\n",
             ge=0,
+        ),
+    ] = None
+    holdUntil: Annotated[
+        AwareDatetime | None,
+        Field(
+            description="On a `held` job held until a time (not `indefinite`) - when it is released by itself."
+        ),
+    ] = None
+    holdExpiresAt: Annotated[
+        AwareDatetime | None,
+        Field(
+            description="On a `held` job - when it is canceled (`hold_expired`) unless released before."
         ),
     ] = None
 
@@ -652,6 +734,14 @@ class MovePrintJobPayload(RootModel[MovePrintJob]):
 
 
 class MovePrintJobHeaders(RootModel[CommandHeaders]):
+    root: CommandHeaders
+
+
+class ReleasePrintJobPayload(RootModel[ReleasePrintJob]):
+    root: ReleasePrintJob
+
+
+class ReleasePrintJobHeaders(RootModel[CommandHeaders]):
     root: CommandHeaders
 
 
@@ -934,6 +1024,21 @@ class CreatePrintJob(BaseModel):
         AwareDatetime | None,
         Field(
             description="If the job has not started by then, it is canceled with reason `expired`.\nA time in the past cancels it as soon as it would start.\n"
+        ),
+    ] = None
+    hold: Annotated[
+        HoldIndefinite | AwareDatetime | None,
+        Field(
+            description="Hold the job (status `held`, IPP `job-hold-until`): it is not printed until it\nis released. `indefinite` waits for a `releasePrintJob`; a time releases it\nthen by itself (reason `hold_ended`), or earlier by `releasePrintJob`. A time\nthat has passed holds nothing. A held job not released within the queue's hold\ntimeout (`hold_timeout` of the queue, else `HOLD_TIMEOUT`, 24 hours by default,\ncounted from its creation) is canceled with reason `hold_expired`, also when its\nhold time lies beyond that.\n"
+        ),
+    ] = None
+    releasePin: Annotated[
+        str | None,
+        Field(
+            description="The secret a `releasePrintJob` must carry to release the job (secure release):\n4 to 64 printable ASCII characters without spaces, e.g. digits. Only with\n`hold`. Kept as a salted hash; never logged or echoed.\n",
+            max_length=64,
+            min_length=4,
+            pattern="^[!-~]+$",
         ),
     ] = None
 

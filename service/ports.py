@@ -12,15 +12,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.core.listing import JobQuery
 from service.core.printers import PrinterSnapshot
+from service.core.tracecontext import TraceContext
 from service.models import JobStatus, PrintOptions
 
 __all__ = [
+    "NO_TRACING",
     "Coordinator",
     "DeadLetter",
     "Document",
@@ -31,6 +33,7 @@ __all__ = [
     "JobStore",
     "LaneCallback",
     "LaneLost",
+    "NoTracing",
     "OnProgress",
     "OnSubmitted",
     "OutboxRecord",
@@ -43,9 +46,13 @@ __all__ = [
     "PrinterSnapshot",
     "PrinterUnavailable",
     "PublishRefused",
+    "Span",
+    "SpanAttributes",
+    "SpanKind",
     "StoreError",
     "StoreRefused",
     "StoreTransaction",
+    "Tracer",
     "Unpublishable",
 ]
 
@@ -433,3 +440,69 @@ class EventPublisher(Protocol):
     """
 
     async def publish(self, message: Outgoing) -> None: ...
+
+
+SpanKind = Literal["internal", "consumer", "producer"]
+SpanAttributes = Mapping[str, str | int | bool]
+
+
+class Span(Protocol):
+    """One timed step of a command's trace."""
+
+    @property
+    def context(self) -> TraceContext | None:
+        """This span's own context (a parent for what it causes); None if not recorded."""
+        ...
+
+    def end(self, *, error: BaseException | None = None) -> None:
+        """Ends the span, failed if `error` is given."""
+        ...
+
+
+class Tracer(Protocol):
+    """Makes spans (OpenTelemetry in production). Callers on a hot path check `enabled`
+    first, and skip the work of tracing when it is off."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def start(
+        self,
+        name: str,
+        *,
+        parent: TraceContext | None,
+        kind: SpanKind = "internal",
+        start_ns: int | None = None,
+        attributes: SpanAttributes | None = None,
+    ) -> Span:
+        """A span begun now (or at `start_ns`, wall-clock nanoseconds), child of `parent`,
+        or the root of a new trace without one."""
+        ...
+
+
+class _NoSpan:
+    context: Final = None
+
+    def end(self, *, error: BaseException | None = None) -> None:  # noqa: ARG002
+        return None
+
+
+class NoTracing:
+    """Tracing off: no span, no context, nothing carried."""
+
+    enabled: Final = False
+    _span: Final = _NoSpan()
+
+    def start(
+        self,
+        name: str,  # noqa: ARG002 - nothing is recorded
+        *,
+        parent: TraceContext | None,  # noqa: ARG002
+        kind: SpanKind = "internal",  # noqa: ARG002
+        start_ns: int | None = None,  # noqa: ARG002
+        attributes: SpanAttributes | None = None,  # noqa: ARG002
+    ) -> Span:
+        return self._span
+
+
+NO_TRACING: Final[Tracer] = NoTracing()

@@ -95,8 +95,16 @@ def test_seed_messages_and_extensions_are_there(contract: dict[str, Any]):
         "movePrintJob",
         "listPrintJobs",
         "getPrinterStatus",
+        "releasePrintJob",
     }
-    assert {s.value for s in JobStatus} == {"created", "started", "finished", "canceled", "failed"}
+    assert {s.value for s in JobStatus} == {
+        "created",
+        "started",
+        "finished",
+        "canceled",
+        "failed",
+        "held",
+    }
     assert "unauthorized" in {r.value for r in RejectionReason}
     reply = contract["operations"]["printJobStatusQuery"]["reply"]
     assert reply["channel"]["$ref"] == "#/channels/events"

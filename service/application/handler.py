@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 import structlog
 
 from service.aio import resolved
 from service.application.dispatch import PrintDispatcher
-from service.core import jobs
+from service.core import jobs, pins
 from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.codec import MESSAGE_TYPES, CommandDecoder, DecodedCommand, Inbound, Rejection
 from service.core.events import (
@@ -32,6 +34,7 @@ from service.core.events import (
     job_event,
     job_list_event,
     rejection_event,
+    with_trace,
 )
 from service.core.listing import BadCursor, PageKey, encode_cursor, query_of
 from service.core.printers import printer_status_list_event
@@ -45,14 +48,25 @@ from service.models import (
     GetPrintCounts,
     GetPrinterStatus,
     GetPrintJobStatus,
+    HoldIndefinite,
     JobStatus,
     ListPrintJobs,
     MovePrintJob,
     PrinterStatus,
     RejectionReason,
+    ReleasePrintJob,
     UpdatePrintJob,
 )
-from service.ports import DeadLetter, JobStore, StoreError, StoreRefused, StoreTransaction
+from service.ports import (
+    NO_TRACING,
+    DeadLetter,
+    JobStore,
+    Span,
+    StoreError,
+    StoreRefused,
+    StoreTransaction,
+    Tracer,
+)
 
 __all__ = ["CommandHandler"]
 
@@ -68,6 +82,10 @@ class _Step:
     now: datetime
     new_id: IdSource
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def emit(self, message: Outgoing) -> None:
+        """Emit `message` in the command's trace (if tracing is on and it has one)."""
+        self.tx.emit(with_trace(message, self.command.trace))
 
     def ids(self) -> dict[str, str | None]:
         """What every log line about this command carries (passed, not bound: cheaper)."""
@@ -92,8 +110,17 @@ class CommandHandler:
         new_id: IdSource = new_id,
         list_max: int = 100,
         printer_statuses: Callable[[str], Sequence[PrinterStatus]] = lambda _lane: (),
+        hold_timeout: timedelta = timedelta(days=1),
+        pin_attempts: int = 5,
+        new_salt: Callable[[], bytes] = lambda: secrets.token_bytes(pins.SALT_BYTES),
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._list_max = list_max
+        self._tracer = tracer
+        # A queue's own hold timeout, else this one; wrong PINs that cancel a held job.
+        self._hold_timeout = hold_timeout
+        self._pin_attempts = pin_attempts
+        self._new_salt = new_salt
         # The last reported status of a lane's printers (the PrinterMonitor's).
         self._printer_statuses = printer_statuses
         self._decoder = decoder
@@ -115,7 +142,10 @@ class CommandHandler:
         not answered: it propagates (or fails the future), nothing is acknowledged, and the
         broker delivers again.
         """
-        decoded = [self._decoder.decode(inbound) for inbound in inbounds]
+        if self._tracer.enabled:
+            decoded = [self._decode_traced(inbound) for inbound in inbounds]
+        else:
+            decoded = [self._decoder.decode(inbound) for inbound in inbounds]
         try:
             return await self._apply(decoded)
         except StoreError:
@@ -126,6 +156,27 @@ class CommandHandler:
             for inbound, one in zip(inbounds, decoded, strict=True):
                 await self._handle_alone(inbound, one)
             return resolved()
+
+    def _decode_traced(self, inbound: Inbound) -> DecodedCommand | Rejection:
+        """Decode with a `decode` span: a child of the sender's traceparent, found only by
+        decoding (an envelope's header), so the span is started at the time taken before.
+        Without a valid one, that span starts the command's trace."""
+        started = time.time_ns()
+        decoded = self._decoder.decode(inbound)
+        span = self._tracer.start(
+            "decode",
+            parent=decoded.trace,
+            kind="consumer",
+            start_ns=started,
+            attributes=_span_attributes(decoded, inbound.topic),
+        )
+        span.end()
+        if decoded.trace_invalid:
+            self._metrics.trace_context_invalid.inc()
+            log.debug("traceparent_ignored", correlation_id=decoded.correlation_id)
+        if decoded.trace is None and span.context is not None:
+            decoded = dataclasses.replace(decoded, trace=span.context)
+        return decoded
 
     async def _handle_alone(self, inbound: Inbound, decoded: DecodedCommand | Rejection) -> None:
         """Apply one command and wait for its commit; if that fails, answer it with
@@ -183,21 +234,45 @@ class CommandHandler:
 
     async def _apply(self, commands: Sequence[DecodedCommand | Rejection]) -> asyncio.Future[None]:
         after_commit: list[Callable[[], None]] = []
-        async with self._store.apply_commands() as tx:
-            now = self._clock()
-            for command in commands:
-                if isinstance(command, Rejection):
-                    self._emit_rejection(tx, command, now, after_commit)
-                    continue
-                step = _Step(
-                    tx=tx, command=command, now=now, new_id=self._new_id, after_commit=after_commit
-                )
-                outcome = await self._apply_one(step)
-                after_commit.append(
-                    self._metrics.commands.labels(command.message_type.value, outcome).inc
-                )
+        spans: list[Span] = []
+        try:
+            async with self._store.apply_commands() as tx:
+                await self._apply_in(tx, commands, after_commit, spans)
+        except BaseException as exc:
+            for span in spans:
+                span.end(error=exc)
+            raise
+        if spans:
+            tx.durable.add_done_callback(partial(_end_spans, spans))
         tx.durable.add_done_callback(partial(_run_after_commit, after_commit))
         return tx.durable
+
+    async def _apply_in(
+        self,
+        tx: StoreTransaction,
+        commands: Sequence[DecodedCommand | Rejection],
+        after_commit: list[Callable[[], None]],
+        spans: list[Span],
+    ) -> None:
+        now = self._clock()
+        for command in commands:
+            if self._tracer.enabled:
+                # From its first write to the commit that makes its effects durable.
+                spans.append(
+                    self._tracer.start(
+                        "store", parent=command.trace, attributes=_span_attributes(command)
+                    )
+                )
+            if isinstance(command, Rejection):
+                self._emit_rejection(tx, command, now, after_commit)
+                continue
+            step = _Step(
+                tx=tx, command=command, now=now, new_id=self._new_id, after_commit=after_commit
+            )
+            outcome = await self._apply_one(step)
+            after_commit.append(
+                self._metrics.commands.labels(command.message_type.value, outcome).inc
+            )
 
     async def _apply_one(self, step: _Step) -> str:
         message = step.command.message
@@ -209,12 +284,14 @@ class CommandHandler:
             return self._printers(step)
         job = await step.tx.get(message.jobId)
         if isinstance(message, CreatePrintJob):
-            return self._create(step, message, job)
+            return await self._create(step, message, job)
         if job is not None and job.queue_id != step.command.queue_id:
             # A job is acted on through its own queue only; through another, it is answered
             # exactly as one that does not exist, so that no key learns of other queues' jobs.
             log.info("job_of_another_queue", job_queue_id=job.queue_id, **step.ids())
             job = None
+        if isinstance(message, ReleasePrintJob):
+            return await self._release(step, message, job)
         return self._on_job(step, message, job)
 
     def _on_job(
@@ -231,30 +308,109 @@ class CommandHandler:
             return self._move(step, message, job)
         return self._status(step, job)
 
-    def _create(self, step: _Step, message: CreatePrintJob, existing: jobs.Job | None) -> str:
+    async def _create(self, step: _Step, message: CreatePrintJob, existing: jobs.Job | None) -> str:
         command = step.command
         if existing is None and (refusal := self._queues.check_create(command.queue_id, message)):
             return self._refuse(step, refusal)
+        pin_hash = None
+        if (pin := message.releasePin) is not None and message.hold is HoldIndefinite.indefinite:
+            if existing is None:
+                # scrypt is slow on purpose: in a thread, so that other work goes on.
+                pin_hash = await asyncio.to_thread(pins.hash_pin, pin, salt=self._new_salt())
+            elif (
+                existing.pin_hash is not None
+                and existing.same_request(command.queue_id, message)
+                and not await asyncio.to_thread(pins.verify_pin, pin, existing.pin_hash)
+            ):
+                # The same create with another PIN is another request (the digest knows
+                # only that there is a PIN).
+                return self._refuse(step, _conflict(existing.job_id))
+        queue_timeout = self._queues.hold_timeout(command.queue_id)
         result = jobs.create(
             existing,
             message,
             queue_id=command.queue_id,
             correlation_id=command.correlation_id,
             now=step.now,
+            hold_timeout=(
+                self._hold_timeout if queue_timeout is None else timedelta(seconds=queue_timeout)
+            ),
+            pin_hash=pin_hash,
         )
         if result is None:
             log.info("duplicate_create_ignored", **step.ids())
             return "duplicate"
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
+        if command.trace is not None:
+            result = dataclasses.replace(result, trace=command.trace)  # for its print span
         step.tx.put(result)
         if command.document is not None:
             step.tx.put_document(result.job_id, command.document)
-        step.tx.emit(_event(step, result))
+        step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
-        step.after_commit.append(self._metrics.jobs.labels(JobStatus.created.value).inc)
-        log.info("job_created", priority=result.priority.value, **step.ids())
+        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        log.info(
+            "job_created",
+            priority=result.priority.value,
+            held=result.status is JobStatus.held,
+            **step.ids(),
+        )
         return "accepted"
+
+    async def _release(self, step: _Step, message: ReleasePrintJob, job: jobs.Job | None) -> str:
+        if job is None:
+            return self._refuse(step, _unknown(message.jobId))
+        if job.status is not JobStatus.held:
+            released = jobs.release(job, now=step.now)
+            if job.is_final and isinstance(released, jobs.Refusal):
+                return self._refuse(step, released)  # job_final
+            # Released already (a release delivered twice, or its hold time came): say where
+            # the job is rather than refuse.
+            return self._status(step, job)
+        if refused := await self._check_pin(step, message, job):
+            return refused
+        result = jobs.release(job, now=step.now)
+        if isinstance(result, jobs.Refusal):
+            return self._refuse(step, result)
+        step.tx.put(result)
+        step.tx.emit(_event(step, result))
+        step.after_commit.append(lambda: self._dispatcher.release(result))
+        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        log.info("job_released", **step.ids())
+        return "accepted"
+
+    async def _check_pin(self, step: _Step, message: ReleasePrintJob, job: jobs.Job) -> str | None:
+        """None if the release carries the job's PIN (or it needs none); else refused, and a
+        wrong one counted."""
+        if job.pin_hash is None:
+            return None
+        if message.pin is None:
+            return self._refuse(step, _release_refused(f"job {job.job_id!r} needs its PIN"))
+        if await asyncio.to_thread(pins.verify_pin, message.pin, job.pin_hash):
+            return None
+        return self._wrong_pin(step, job)
+
+    def _wrong_pin(self, step: _Step, job: jobs.Job) -> str:
+        """Count a wrong PIN; the last one allowed cancels the job. Never says the PIN."""
+        result = jobs.wrong_pin(job, now=step.now, limit=self._pin_attempts)
+        step.tx.put(result)
+        log.warning("release_pin_wrong", attempts=result.pin_attempts, **step.ids())
+        if not result.is_final:
+            left = self._pin_attempts - result.pin_attempts
+            return self._refuse(step, _release_refused(f"wrong PIN ({left} attempts left)"))
+        step.tx.emit(_event(step, result))
+        step.after_commit.append(lambda: self._dispatcher.withdraw(job))
+        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        log.warning("job_canceled", reason=result.reason, **step.ids())
+        return self._refuse(
+            step,
+            _release_refused(
+                f"wrong PIN; job {job.job_id!r} is canceled after {result.pin_attempts} wrong PINs"
+            ),
+        )
 
     def _cancel(self, step: _Step, message: CancelPrintJob, job: jobs.Job | None) -> str:
         if job is None:
@@ -263,7 +419,7 @@ class CommandHandler:
         if isinstance(result, jobs.Refusal):
             return self._refuse(step, result)
         step.tx.put(result)
-        step.tx.emit(_event(step, result))
+        step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
         step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
@@ -278,7 +434,7 @@ class CommandHandler:
             return self._refuse(step, result)
         updated, fields = result
         step.tx.put(updated)
-        step.tx.emit(_event(step, updated, updated=fields))
+        step.emit(_event(step, updated, updated=fields))
         step.after_commit.append(lambda: self._dispatcher.reprioritize(updated))
         log.info("job_updated", fields=fields, priority=updated.priority.value, **step.ids())
         return "accepted"
@@ -297,7 +453,7 @@ class CommandHandler:
         if refusal := self._queues.check_move(message.toQueue, job):
             return self._refuse(step, refusal)
         step.tx.put(result)
-        step.tx.emit(_event(step, result, moved_from=job.queue_id))
+        step.emit(_event(step, result, moved_from=job.queue_id))
         step.after_commit.append(lambda: self._dispatcher.move(result))
         log.info("job_moved", to_queue_id=result.queue_id, **step.ids())
         return "accepted"
@@ -305,13 +461,13 @@ class CommandHandler:
     def _status(self, step: _Step, job: jobs.Job | None) -> str:
         if job is None:
             return self._refuse(step, _unknown(step.command.job_id or ""))
-        step.tx.emit(_event(step, job, snapshot_at=step.now))
+        step.emit(_event(step, job, snapshot_at=step.now))
         return "accepted"
 
     async def _counts(self, step: _Step) -> str:
         command = step.command
         counts = await step.tx.counts(command.queue_id)
-        step.tx.emit(
+        step.emit(
             counts_event(
                 command.queue_id,
                 counts,
@@ -328,7 +484,7 @@ class CommandHandler:
         query never waits on a printer (nor holds the batch while one answers)."""
         command = step.command
         lane = self._queues.lane(command.queue_id) or command.queue_id
-        step.tx.emit(
+        step.emit(
             printer_status_list_event(
                 command.queue_id,
                 self._printer_statuses(lane),
@@ -362,7 +518,7 @@ class CommandHandler:
         if len(found) > query.limit:
             last = page[-1]
             next_cursor = encode_cursor(PageKey(last.created_at, last.job_id))
-        step.tx.emit(
+        step.emit(
             job_list_event(
                 command.queue_id,
                 page,
@@ -454,6 +610,17 @@ def _event(
     )
 
 
+def _conflict(job_id: str) -> jobs.Refusal:
+    return jobs.Refusal(
+        RejectionReason.job_conflict,
+        f"job {job_id!r} already exists with a different payload or queue",
+    )
+
+
+def _release_refused(message: str) -> jobs.Refusal:
+    return jobs.Refusal(RejectionReason.release_refused, message)
+
+
 def _unknown(job_id: str) -> jobs.Refusal:
     return jobs.Refusal(RejectionReason.unknown_job, f"no job has id {job_id!r}")
 
@@ -467,4 +634,32 @@ def _refused(command: DecodedCommand, reason: RejectionReason, message: str) -> 
         received_at=command.received_at,
         job_id=command.job_id,
         message_type=command.message_type.value,
+        trace=command.trace,
     )
+
+
+def _end_spans(spans: list[Span], durable: asyncio.Future[None]) -> None:
+    error = None if durable.cancelled() else durable.exception()
+    for span in spans:
+        span.end(error=error)
+
+
+def _span_attributes(
+    command: DecodedCommand | Rejection, topic: str | None = None
+) -> dict[str, str | int | bool]:
+    """OpenTelemetry's messaging attributes of a command; only what decoding has checked
+    (or the topic, which the broker caps), none of the payload."""
+    attributes: dict[str, str | int | bool] = {
+        "messaging.system": "mqtt",
+        "messaging.message.conversation_id": command.correlation_id,
+        "print.queue_id": _echo(command.queue_id) or "",
+    }
+    if topic is not None:
+        attributes["messaging.destination.name"] = capped(topic, 255)
+    if isinstance(command, Rejection):
+        attributes["print.rejected"] = command.reason.value
+    else:
+        attributes["print.message_type"] = command.message_type.value
+        if command.job_id is not None:
+            attributes["print.job_id"] = command.job_id
+    return attributes

@@ -30,15 +30,17 @@ import structlog
 
 from service.aio import first_of, sleep_unless
 from service.core.backoff import Backoff
-from service.core.events import Kind
+from service.core.events import Kind, with_trace
 from service.metrics import Metrics
 from service.ports import (
+    NO_TRACING,
     DeadLetter,
     EventPublisher,
     JobStore,
     OutboxRecord,
     PublishRefused,
     StoreError,
+    Tracer,
     Unpublishable,
 )
 
@@ -48,6 +50,8 @@ log = structlog.get_logger(__name__)
 
 _MARK_EVERY = 0.02  # seconds between batched mark_sent calls
 _FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica publishes now
+# A publish span's error when the broker did not take the message (it is retried or parked).
+_NOT_PUBLISHED = RuntimeError("not published: retried later, or parked as a dead letter")
 
 
 def _retry_backoff() -> Backoff:
@@ -82,7 +86,9 @@ class OutboxRelay:
         max_refusals: int = 3,
         leading: Callable[[], bool] = lambda: True,
         backoff: Callable[[], Backoff] | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
+        self._tracer = tracer
         self._store = store
         self._max_refusals = max_refusals
         # With several replicas, one publishes (so one job's events keep their order).
@@ -207,10 +213,43 @@ class OutboxRelay:
             del self._tails[key]
 
     async def _publish(self, record: OutboxRecord, previous: asyncio.Task[bool] | None) -> bool:
-        message = record.message
         if previous is not None and not await asyncio.shield(previous):
             self._failures.add(record.position)  # keep the job's order: not before its predecessor
             return False
+        if self._tracer.enabled:
+            return await self._publish_traced(record)
+        return await self._publish_now(record)
+
+    async def _publish_traced(self, record: OutboxRecord) -> bool:
+        """Publish in a `publish` span, child of the command's trace; the message carries
+        the span's own context (OpenTelemetry's producer convention: a consumer's spans are
+        its children)."""
+        message = record.message
+        span = self._tracer.start(
+            "publish",
+            parent=message.trace,
+            kind="producer",
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": message.routing_key,
+                "messaging.message.id": message.message_id,
+                "messaging.message.conversation_id": message.correlation_id,
+            },
+        )
+        traced = OutboxRecord(
+            record.position, with_trace(message, span.context), record.enqueued_at
+        )
+        try:
+            published = await self._publish_now(traced)
+        except BaseException as exc:
+            span.end(error=exc)
+            raise
+        span.end(error=None if published else _NOT_PUBLISHED)
+        return published
+
+    async def _publish_now(self, record: OutboxRecord) -> bool:
+        message = record.message
         try:
             await self._publisher.publish(message)
         except Unpublishable as exc:

@@ -76,6 +76,7 @@ SCOPE_OF: Final[Mapping[MessageType, Scope]] = {
     MessageType.cancelPrintJob: Scope.write_job,
     MessageType.updatePrintJob: Scope.write_job,
     MessageType.movePrintJob: Scope.write_job,
+    MessageType.releasePrintJob: Scope.write_job,
     MessageType.getPrintJobStatus: Scope.read_job,
     MessageType.getPrintCounts: Scope.read_job,
     MessageType.listPrintJobs: Scope.read_job,

@@ -30,6 +30,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.core.access import AccessControl, ApiKey, Unauthorized
 from service.core.text import capped, contains_surrogate, describe, is_correlation_id
+from service.core.tracecontext import TraceContext, trace_context
 from service.models import (
     CancelPrintJob,
     CommandEnvelope,
@@ -45,6 +46,7 @@ from service.models import (
     MovePrintJob,
     PrintJobEvent,
     RejectionReason,
+    ReleasePrintJob,
     UpdatePrintJob,
 )
 
@@ -66,6 +68,7 @@ Command = (
     | MovePrintJob
     | ListPrintJobs
     | GetPrinterStatus
+    | ReleasePrintJob
 )
 
 MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
@@ -77,10 +80,22 @@ MODEL_BY_TYPE: Final[dict[MessageType, type[Command]]] = {
     MessageType.movePrintJob: MovePrintJob,
     MessageType.listPrintJobs: ListPrintJobs,
     MessageType.getPrinterStatus: GetPrinterStatus,
+    MessageType.releasePrintJob: ReleasePrintJob,
 }
 GZIP_MAGIC: Final = b"\x1f\x8b"
 CREATE_ONLY_FIELDS: Final = frozenset(
-    {"userId", "documentName", "priority", "document", "title", "copies", "options", "expireAfter"}
+    {
+        "userId",
+        "documentName",
+        "priority",
+        "document",
+        "title",
+        "copies",
+        "options",
+        "expireAfter",
+        "hold",
+        "releasePin",
+    }
 )
 MESSAGE_TYPES: Final = frozenset(t.value for t in MessageType)
 # Binary MQTT 5 correlation data is echoed as 0x + hex, within the 255 bytes of AMQP.
@@ -88,6 +103,9 @@ CORRELATION_DATA_HEX_MAX: Final = 126
 MAX_FIELD_ERRORS: Final = 20
 FIELD_TEXT_MAX: Final = 255
 _PRINTABLE_DATA: Final = re.compile(rb"[ -~]+")
+# W3C Trace Context headers: read apart from the others, since a bad one is ignored, never
+# a reason to reject the command (the contract's pattern would make it one).
+TRACE_HEADERS: Final = ("traceparent", "tracestate")
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -120,6 +138,10 @@ class DecodedCommand:
     received_at: float
     # The inline document's bytes, decoded from base64 (createPrintJob only).
     document: bytes | None = None
+    # The sender's trace context (read only when tracing is on), and whether it sent one
+    # that was not valid (ignored).
+    trace: TraceContext | None = None
+    trace_invalid: bool = False
 
     @property
     def job_id(self) -> str | None:
@@ -141,6 +163,8 @@ class Rejection:
     retry_after: float | None = None
     # What failed, for `internal_error`: logged with its traceback, never echoed.
     cause: BaseException | None = field(default=None, compare=False)
+    trace: TraceContext | None = None
+    trace_invalid: bool = False
 
 
 def valid_queue_id(queue_id: str) -> bool:
@@ -177,6 +201,19 @@ class _Partial:
     # The key the command was authenticated with, and its text (to tell a second one).
     key: ApiKey | None = None
     presented: str | None = None
+    trace: TraceContext | None = None
+    trace_invalid: bool = False
+
+    def note_trace(self, headers: Mapping[str, Any]) -> None:
+        """Take the trace context of `headers`, if they carry one (a later valid one wins)."""
+        value = headers.get("traceparent")
+        if value is None:
+            return
+        found = trace_context(value, headers.get("tracestate"))
+        if found is None:
+            self.trace_invalid = True
+        else:
+            self.trace = found
 
 
 class CommandDecoder:
@@ -190,13 +227,17 @@ class CommandDecoder:
         max_decompressed_bytes: int,
         access: AccessControl | None,
         new_id: Callable[[], str],
+        read_trace: bool = False,
     ) -> None:
+        """`read_trace`: keep the commands' W3C trace context (tracing is on); without it,
+        the trace headers are dropped unread."""
         if max_bytes <= 0 or max_decompressed_bytes <= 0:
             raise ValueError("size limits must be positive")
         self._max_bytes = max_bytes
         self._max_decompressed = max_decompressed_bytes
         self._access = access
         self._new_id = new_id
+        self._read_trace = read_trace
 
     @property
     def auth_enabled(self) -> bool:
@@ -208,6 +249,8 @@ class CommandDecoder:
         partial = _Partial(correlation_id="")
         try:
             partial.correlation_id = self._correlation_id(inbound.properties, inbound)
+            if self._read_trace:
+                partial.note_trace(inbound.properties)
             return self._decode(inbound, queue_id, partial)
         except _Rejected as rejected:
             return self._rejection(inbound, queue_id, partial, rejected)
@@ -237,6 +280,8 @@ class CommandDecoder:
             job_id=partial.job_id,
             message_type=partial.message_type,
             cause=cause,
+            trace=partial.trace,
+            trace_invalid=partial.trace_invalid,
         )
 
     def _decode(self, inbound: Inbound, queue_id: str, partial: _Partial) -> DecodedCommand:
@@ -257,6 +302,9 @@ class CommandDecoder:
             if isinstance(envelope_headers := body.get("headers"), dict):
                 raw_headers.update(envelope_headers)
                 partial.correlation_id = self._correlation_id(raw_headers, inbound)
+                if self._read_trace:
+                    partial.note_trace(envelope_headers)
+                _drop_trace(envelope_headers)
             self._authenticate(raw_headers.get("x-api-key"), inbound, partial)
             if isinstance(envelope_payload := body.get("payload"), dict):
                 _note_job_id(partial, envelope_payload)
@@ -274,6 +322,7 @@ class CommandDecoder:
             )
         _check_type(raw_headers, partial)
         _check_queue_id(queue_id)
+        _drop_trace(raw_headers)
         headers = _validate(CommandHeaders, raw_headers, prefix="headers.")
         message_type = headers.x_message_type or _infer_type(body)
         partial.message_type = message_type.value
@@ -290,6 +339,8 @@ class CommandDecoder:
             correlation_id=partial.correlation_id,
             received_at=inbound.received_at,
             document=_inline_document(message),
+            trace=partial.trace,
+            trace_invalid=partial.trace_invalid,
         )
 
     def _parse(self, inbound: Inbound, partial: _Partial) -> dict[str, Any]:
@@ -414,6 +465,11 @@ def _note_job_id(partial: _Partial, body: Mapping[str, Any]) -> None:
     partial.job_id = job_id if isinstance(job_id, str) else None
 
 
+def _drop_trace(headers: dict[str, Any]) -> None:
+    for name in TRACE_HEADERS:
+        headers.pop(name, None)
+
+
 def _check_type(headers: Mapping[str, Any], partial: _Partial) -> None:
     raw_type = headers.get("x-message-type")
     if raw_type is None:
@@ -450,7 +506,8 @@ def _infer_type(body: Mapping[str, Any]) -> MessageType:
         RejectionReason.ambiguous_command,
         "cannot tell the command type: send an x-message-type header "
         "(or an envelope); a bare payload needs `force` (cancel) or one of "
-        "userId/documentName/priority/document/title/copies/options/expireAfter (create), "
+        "userId/documentName/priority/document/title/copies/options/expireAfter/hold/"
+        "releasePin (create), "
         "not both",
     )
 

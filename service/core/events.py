@@ -6,6 +6,7 @@ outbox unchanged, so a redelivery carries the same bytes and the same message id
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from service.core.codec import Rejection, valid_queue_id
 from service.core.jobs import Job
 from service.core.text import capped, is_correlation_id
+from service.core.tracecontext import TraceContext
 from service.models import (
     CommandRejected,
     FieldError,
@@ -46,6 +48,7 @@ __all__ = [
     "job_event",
     "job_list_event",
     "rejection_event",
+    "with_trace",
 ]
 
 EVENT_ROUTE_PREFIX: Final = "events/"
@@ -87,6 +90,14 @@ class Outgoing:
     label: str
     # Wall-clock time the causing command arrived, for the command-to-event latency.
     received_at: float | None
+    # The trace of the command that caused it (tracing on): kept with the outbox row, since
+    # it is published later, and parent of the span that publishes it.
+    trace: TraceContext | None = None
+
+
+def with_trace(message: Outgoing, trace: TraceContext | None) -> Outgoing:
+    """`message` in `trace`; itself, at no cost, without one (tracing off)."""
+    return message if trace is None else dataclasses.replace(message, trace=trace)
 
 
 def job_event(
@@ -119,6 +130,9 @@ def job_event(
         # Progress so far (a repeated `started`, a snapshot), or the totals of `finished`.
         impressionsCompleted=job.impressions,
         sheetsCompleted=job.sheets,
+        # What a held job waits for (the fields are kept only while it is held).
+        holdUntil=job.hold_until,
+        holdExpiresAt=job.hold_expires_at,
     )
     return Outgoing(
         message_id=str(event_id),
@@ -238,6 +252,7 @@ def rejection_event(rejection: Rejection, *, event_id: UUID, now: datetime) -> O
         correlation_id=correlation_id,
         label=rejection.reason.value,
         received_at=rejection.received_at,
+        trace=rejection.trace,
     )
 
 

@@ -1,6 +1,9 @@
 """The print job and its state machine: pure values in, pure values out.
 
 ```
+held ──release / its hold time came──▶ created
+held ──cancel / hold timeout / too many wrong PINs──▶ canceled
+held ──update, move──▶ held (a new sequence)
 created ──start──▶ started ──finish──▶ finished
  │ │ │                │ │
  │ │ └──cancel──▶ canceled ◀──cancel(force)
@@ -21,12 +24,14 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from service.core.text import capped
+from service.core.tracecontext import TraceContext
 from service.models import (
     CreatePrintJob,
+    HoldIndefinite,
     InlineDocument,
     JobStatus,
     PrintOptions,
@@ -45,18 +50,25 @@ __all__ = [
     "cancel",
     "create",
     "document_name",
+    "end_hold",
     "expire",
     "fail",
     "finish",
     "move",
     "progress",
+    "release",
     "request_digest",
     "start",
     "update",
+    "wrong_pin",
 ]
 
 FINAL_STATUSES: Final = frozenset({JobStatus.finished, JobStatus.canceled, JobStatus.failed})
 EXPIRED: Final = "expired"
+RELEASED: Final = "released"
+HOLD_ENDED: Final = "hold_ended"
+HOLD_EXPIRED: Final = "hold_expired"
+PIN_ATTEMPTS_EXCEEDED: Final = "pin_attempts_exceeded"
 
 # Lower rank prints first. A create without a priority waits as `medium`.
 PRIORITY_RANK: Final[dict[Priority, int]] = {
@@ -107,10 +119,28 @@ class Job:
     # the totals once finished; None until it reports them.
     impressions: int | None = None
     sheets: int | None = None
+    # A held job: released by itself at `hold_until` (None: only by a release), canceled at
+    # `hold_expires_at` unless released before; `pin_hash` (pins.py) and the wrong PINs
+    # tried so far, when its release needs a PIN.
+    hold_until: datetime | None = None
+    hold_expires_at: datetime | None = None
+    pin_hash: str | None = None
+    pin_attempts: int = 0
+    # The trace of the create that made it (tracing on): its print span's parent.
+    trace: TraceContext | None = None
 
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def hold_due_at(self) -> datetime | None:
+        """When a held job's hold ends by itself (released or canceled), if it is held."""
+        if self.status is not JobStatus.held or self.hold_expires_at is None:
+            return None
+        if self.hold_until is None:
+            return self.hold_expires_at
+        return min(self.hold_until, self.hold_expires_at)
 
     @property
     def display_title(self) -> str:
@@ -146,8 +176,14 @@ def create(
     queue_id: str,
     correlation_id: str,
     now: datetime,
+    hold_timeout: timedelta = timedelta(days=1),
+    pin_hash: str | None = None,
 ) -> Job | Refusal | None:
-    """A new job, `None` for a repeat of an existing create (idempotent), or a refusal."""
+    """A new job, `None` for a repeat of an existing create (idempotent), or a refusal.
+
+    `pin_hash` is the hash of the command's `releasePin` (the caller computes it: it is
+    slow, and it needs a salt). A repeat whose PIN differs is the caller's to tell.
+    """
     if existing is not None:
         if existing.same_request(queue_id, command):
             return None
@@ -155,10 +191,20 @@ def create(
             RejectionReason.job_conflict,
             f"job {existing.job_id!r} already exists with a different payload or queue",
         )
+    if command.releasePin is not None and command.hold is not HoldIndefinite.indefinite:
+        # A PIN is for a person at the printer: a job that could print by itself (a hold
+        # time, or none) would leave the document in the tray for anyone.
+        return Refusal(
+            RejectionReason.schema_violation,
+            "a job with a releasePin is released only with it: `hold` must be `indefinite`",
+        )
+    held = command.hold is HoldIndefinite.indefinite or (
+        isinstance(command.hold, datetime) and command.hold > now
+    )
     return Job(
         job_id=command.jobId,
         queue_id=queue_id,
-        status=JobStatus.created,
+        status=JobStatus.held if held else JobStatus.created,
         sequence=1,
         priority=command.priority or Priority.medium,
         user_id=command.userId,
@@ -172,12 +218,24 @@ def create(
         document=_document_ref(command),
         expire_at=command.expireAfter,
         request_digest=request_digest(command),
+        hold_until=command.hold if held and isinstance(command.hold, datetime) else None,
+        hold_expires_at=now + hold_timeout if held else None,
+        pin_hash=pin_hash if held else None,
     )
 
 
 def request_digest(command: CreatePrintJob) -> str:
-    """A fingerprint of everything a create asks for, to tell a redelivery from a conflict."""
-    return hashlib.sha256(command.model_dump_json().encode()).hexdigest()
+    """A fingerprint of everything a create asks for, to tell a redelivery from a conflict.
+
+    Never of the PIN itself (a digest of a short PIN is as good as the PIN to whoever reads
+    the store), only whether there is one. Fields added since 1.4.0 are left out while
+    unset, so that a job stored before has the digest its redelivery has now.
+    """
+    exclude = {"releasePin"} | ({"hold"} if command.hold is None else set())
+    text = command.model_dump_json(exclude=exclude)
+    if command.releasePin is not None:
+        text += "+pin"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _document_ref(command: CreatePrintJob) -> DocumentRef | None:
@@ -201,6 +259,8 @@ def document_name(command: CreatePrintJob) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# Statuses in which a job has not reached a printer: it may still change or move.
+_WAITING: Final = frozenset({JobStatus.created, JobStatus.held})
 REASON_MAX_BYTES: Final = 1024
 _CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -224,6 +284,8 @@ def start(job: Job, *, now: datetime) -> Job | Refusal:
         return _advance(job, JobStatus.started, now)
     if job.is_final:
         return _final_refusal(job)
+    if job.status is JobStatus.held:
+        return Refusal(RejectionReason.job_started, f"job {job.job_id!r} is held")
     return Refusal(RejectionReason.job_started, f"job {job.job_id!r} has already started")
 
 
@@ -292,10 +354,11 @@ def expire(job: Job, *, now: datetime) -> Job | Refusal:
 
 
 def update(job: Job, command: UpdatePrintJob, *, now: datetime) -> tuple[Job, list[str]] | Refusal:
-    """Change the priority or options of a waiting job; returns it with the changed fields."""
+    """Change the priority or options of a waiting (or held) job; returns it with the
+    changed fields."""
     if job.is_final:
         return _final_refusal(job)
-    if job.status is not JobStatus.created:
+    if job.status not in _WAITING:
         return Refusal(
             RejectionReason.job_started, f"job {job.job_id!r} has started; it cannot change"
         )
@@ -324,7 +387,7 @@ def move(job: Job, *, to_queue: str, now: datetime) -> Job | Refusal:
     """
     if job.is_final:
         return _final_refusal(job)
-    if job.status is not JobStatus.created:
+    if job.status not in _WAITING:
         return Refusal(
             RejectionReason.job_started, f"job {job.job_id!r} has started; it cannot move"
         )
@@ -342,6 +405,8 @@ def begin(job: Job, *, now: datetime) -> Job | Refusal:
 
 def cancel(job: Job, *, force: bool, now: datetime, reason: str | None = None) -> Job | Refusal:
     """Cancel a waiting job; a started one only with `force` (the caller stops the printer)."""
+    if job.status is JobStatus.held:
+        return _advance(job, JobStatus.canceled, now, reason or "canceled while held")
     if job.status is JobStatus.created:
         return _advance(job, JobStatus.canceled, now, reason or "canceled before it started")
     if job.status is JobStatus.started:
@@ -352,3 +417,42 @@ def cancel(job: Job, *, force: bool, now: datetime, reason: str | None = None) -
             f"job {job.job_id!r} is printing; send force: true to cancel it",
         )
     return _final_refusal(job)
+
+
+def release(job: Job, *, now: datetime, reason: str = RELEASED) -> Job | Refusal:
+    """A held job may go to the printers: it waits in its place (its age is kept, so a job
+    released at the printer prints before jobs sent after it)."""
+    if job.is_final:
+        return _final_refusal(job)
+    if job.status is not JobStatus.held:
+        return Refusal(RejectionReason.job_started, f"job {job.job_id!r} is not held")
+    return dataclasses.replace(
+        _advance(job, JobStatus.created, now, reason),
+        hold_until=None,
+        hold_expires_at=None,
+        pin_hash=None,
+        pin_attempts=0,
+    )
+
+
+def end_hold(job: Job, *, now: datetime) -> Job | Refusal:
+    """A held job's time came: canceled if its hold timeout passed, else released if its hold
+    time did; refused if neither has (a timer that fired early, or a job changed since)."""
+    if job.status is not JobStatus.held:
+        return release(job, now=now)  # the refusal that says why
+    if job.hold_expires_at is not None and job.hold_expires_at <= now:
+        return _advance(job, JobStatus.canceled, now, HOLD_EXPIRED)
+    if job.hold_until is not None and job.hold_until <= now:
+        return release(job, now=now, reason=HOLD_ENDED)
+    return Refusal(RejectionReason.job_conflict, f"job {job.job_id!r} is held a while longer")
+
+
+def wrong_pin(job: Job, *, now: datetime, limit: int) -> Job:
+    """A release with a wrong PIN: counted (not a change of the job's: no new sequence);
+    the `limit`th cancels the job, so that guessing a PIN costs the guesser the job."""
+    attempts = job.pin_attempts + 1
+    if attempts >= limit:
+        return dataclasses.replace(
+            _advance(job, JobStatus.canceled, now, PIN_ATTEMPTS_EXCEEDED), pin_attempts=attempts
+        )
+    return dataclasses.replace(job, pin_attempts=attempts)

@@ -64,6 +64,8 @@ class QueueSpec(BaseModel):
     printers: Annotated[tuple[str, ...], Field(min_length=1)]
     # Media types the queue's printers take; empty: whatever the printer says at print time.
     document_formats: frozenset[str] = frozenset()
+    # Seconds a held job waits for its release before it is canceled; None: HOLD_TIMEOUT.
+    hold_timeout: float | None = Field(default=None, gt=0)
 
 
 class _File(BaseModel):
@@ -96,6 +98,12 @@ class QueueMap:
         if self.is_dynamic or queue_id in self.queues:
             return queue_id
         return self.default_queue
+
+    def hold_timeout(self, queue_id: str) -> float | None:
+        """The hold timeout of the queue that prints `queue_id`'s jobs, if it sets one."""
+        lane = self.lane(queue_id)
+        spec = None if lane is None else self.queues.get(lane)
+        return None if spec is None else spec.hold_timeout
 
     def printers_of(self, lane: str) -> Sequence[PrinterSpec]:
         if self.is_dynamic:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Final, Self
 
@@ -46,7 +46,7 @@ from service.models import (
     PrintJobEvent,
     PrintJobList,
 )
-from service.ports import Printer
+from service.ports import NO_TRACING, Printer, Tracer
 from tests.harness.fakes import (
     EPOCH,
     Changes,
@@ -89,14 +89,20 @@ class Harness:
         start: datetime = EPOCH,
         changes: Changes | None = None,
         list_max: int = 100,
+        hold_timeout: timedelta = timedelta(days=1),
+        pin_attempts: int = 5,
+        store: WatchedStore | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         """`lanes`: the printers of some lanes (made with `changes`, so that the waits hear
         of them); every other lane gets a FakePrinter of its own. `access`: the keys and
-        their rights (`api_keys`: plain keys that may do everything); neither: auth off."""
+        their rights (`api_keys`: plain keys that may do everything); neither: auth off.
+        `store`: another harness's, to start again on its data (pass its `changes` too)."""
         self.changes = changes or Changes()
         self.clock = FakeClock(start)
         self.ids = SequentialIds()
-        self.store = WatchedStore(self.changes)
+        # Another harness's store (with its `changes`): a restart, the same data.
+        self.store = store or WatchedStore(self.changes)
         self.publisher = CollectingPublisher(self.changes)
         self.printers = FakePrinters(dict(lanes or {}), changes=self.changes)
         self.documents = documents or FakeDocuments()
@@ -113,6 +119,7 @@ class Harness:
             progress_interval=progress_interval,
             clock=self.clock,
             new_id=self.ids,
+            tracer=tracer,
         )
         self.relay = OutboxRelay(
             store=self.store,
@@ -120,6 +127,7 @@ class Harness:
             metrics=self.metrics,
             concurrency=concurrency,
             backoff=_fast_backoff,
+            tracer=tracer,
         )
         self.store.on_commit(self.relay.wake)
         # Not run as a loop: a test polls it (`monitor.poll_once()`) when it wants a poll.
@@ -135,6 +143,7 @@ class Harness:
             max_decompressed_bytes=4 * MAX_BYTES,
             access=access if api_keys is None else AccessControl.plain(api_keys),
             new_id=lambda: str(self.ids()),
+            read_trace=tracer.enabled,
         )
         self.handler = CommandHandler(
             decoder=self.decoder,
@@ -146,6 +155,9 @@ class Harness:
             new_id=self.ids,
             list_max=list_max,
             printer_statuses=self.monitor.statuses,
+            hold_timeout=hold_timeout,
+            pin_attempts=pin_attempts,
+            tracer=tracer,
         )
         self.stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None

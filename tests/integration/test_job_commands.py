@@ -122,4 +122,5 @@ async def test_counts_query_answers_jobs_per_status(
             "finished": 0,
             "canceled": 1,
             "failed": 0,
+            "held": 0,
         }

@@ -506,3 +506,39 @@ async def test_a_restart_follows_the_job_on_the_printer_rather_than_printing_it_
 
     assert statuses(events) == ["finished"]
     assert len(printer.jobs()) == 1, "followed on the printer, not submitted again"
+
+
+async def test_a_held_job_reaches_the_printer_only_once_released(
+    start_service: ServiceFactory,
+    amqp: Any,
+    publisher: Publisher,
+    printers: dict[str, IppEvePrinter],
+    tmp_path: Path,
+):
+    printer = printers["ipp-a"]
+    printer.print_seconds = 0
+    async with printing_service(start_service, amqp, tmp_path, {"office": [printer]}) as (
+        _,
+        listener,
+    ):
+        held, plain = unique("held"), unique("plain")
+        for job_id in (held, plain):
+            await listener.bind_job(job_id)
+        secret = b"%PDF-1.4\n% payroll\n" + PDF
+        await publisher.create(
+            "office", held, document=inline(secret), hold="indefinite", releasePin="9999"
+        )
+        await publisher.create("office", plain, document=inline())
+        # The job sent after it prints: the printer was free, and got only that one.
+        _, final = await until_final(listener, {plain})
+        assert final[plain]["status"] == "finished"
+        assert [job.document.read_bytes() for job in printer.jobs()] == [PDF]
+
+        await publisher.command(
+            "office", "releasePrintJob", {"jobId": held, "pin": "9999"}, correlation_id="c-rel"
+        )
+        events, final = await until_final(listener, {held})
+        assert final[held]["status"] == "finished"
+        of_held = [e.body["status"] for e in events if e.body.get("jobId") == held]
+        assert of_held[-3:] == ["created", "started", "finished"]
+        assert [job.document.read_bytes() for job in printer.jobs()] == [PDF, secret]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -587,3 +588,39 @@ async def test_leases_retry_with_growing_pauses_and_give_up_once_stopping(
     await coordinator.run(stopping)
     assert pauses == [0.001, 0.002, 0.004]
     assert not coordinator.owns(leases.RELAY_LANE)
+
+
+async def test_a_held_job_keeps_its_hold_across_a_restart_and_forgets_it_once_released(
+    make_store: StoreFactory,
+):
+    command = CreatePrintJob.model_validate(
+        {"jobId": "held-1", "hold": (T0 + timedelta(hours=1)).isoformat()}
+    )
+    held = jobs.create(
+        None, command, queue_id="q1", correlation_id="c", now=T0, hold_timeout=timedelta(hours=2)
+    )
+    assert isinstance(held, jobs.Job)
+    held = dataclasses.replace(held, pin_hash="scrypt$16384$8$1$c2FsdA$aGFzaA", pin_attempts=2)
+    store = make_store()
+    await store.open()
+    async with store.transaction() as tx:
+        tx.put(held)
+    async with store.transaction() as tx:
+        assert await tx.counts("q1") == {JobStatus.held: 1}
+    await store.close()
+
+    reopened = make_store()
+    await reopened.open()
+    try:
+        assert await reopened.read_job("held-1") == held
+        assert [j.job_id for j in await reopened.waiting_jobs()] == ["held-1"]  # unfinished
+        released = jobs.release(held, now=T0)
+        assert isinstance(released, jobs.Job)
+        async with reopened.transaction() as tx:
+            tx.put(released)
+        stored = await reopened.read_job("held-1")
+        assert stored == released
+        assert stored is not None
+        assert (stored.hold_until, stored.hold_expires_at, stored.pin_hash) == (None, None, None)
+    finally:
+        await reopened.close()

@@ -733,6 +733,7 @@ async def test_a_lane_lost_stops_its_printing_here() -> None:
     assert await rig.status("j2") is JobStatus.created
     assert [r.job_id for r in printer.requests] == ["j1"]
     assert await rig.events() == [("j1", "started")]
+    assert rig.metrics.registry.get_sample_value("print_lease_losses_total") == 1.0
     await rig.stop()
 
 

@@ -332,7 +332,7 @@ def test_counts_event_follows_the_contract_and_fills_in_zeros() -> None:
         eventId=EVENT_ID,
         queueId=QUEUE,
         timestamp=now,
-        counts=StatusCounts(created=3, started=0, finished=0, canceled=0, failed=1),
+        counts=StatusCounts(created=3, started=0, finished=0, canceled=0, failed=1, held=0),
     )
     assert outgoing.kind is Kind.counts
     assert outgoing.routing_key == COUNTS_ROUTE_PREFIX + QUEUE == f"counts/{QUEUE}"

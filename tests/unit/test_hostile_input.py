@@ -157,6 +157,11 @@ def plausible_commands() -> st.SearchStrategy[dict[str, Json]]:
             "force": st.one_of(st.booleans(), ANY_JSON),
             "expireAfter": st.one_of(st.just("2030-01-01T00:00:00Z"), ANY_JSON),
             "options": st.one_of(st.just({"sides": "one-sided"}), ANY_JSON),
+            "hold": st.one_of(
+                st.sampled_from(["indefinite", "2030-01-01T00:00:00Z", "Indefinite"]), ANY_JSON
+            ),
+            "releasePin": st.one_of(st.sampled_from(["1234", "12 34", "\ud800" * 4]), ANY_JSON),
+            "pin": st.one_of(st.text(max_size=70), ANY_JSON),
         },
     )
 

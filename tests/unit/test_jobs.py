@@ -68,6 +68,10 @@ ALLOWED: dict[tuple[str, JobStatus], tuple[JobStatus, str | None]] = {
     ("fail", JobStatus.started): (JobStatus.failed, "printer on fire"),
     # `begin` is `start` for a job without expireAfter.
     ("begin", JobStatus.created): (JobStatus.started, None),
+    # A held job goes to no printer; it may be canceled, and fails only if told to.
+    ("cancel", JobStatus.held): (JobStatus.canceled, "canceled while held"),
+    ("force-cancel", JobStatus.held): (JobStatus.canceled, "canceled while held"),
+    ("fail", JobStatus.held): (JobStatus.failed, "printer on fire"),
 }
 REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
     ("start", JobStatus.started): RejectionReason.job_started,
@@ -92,6 +96,9 @@ REFUSED: dict[tuple[str, JobStatus], RejectionReason] = {
     ("begin", JobStatus.finished): RejectionReason.job_final,
     ("begin", JobStatus.canceled): RejectionReason.job_final,
     ("begin", JobStatus.failed): RejectionReason.job_final,
+    ("start", JobStatus.held): RejectionReason.job_started,
+    ("begin", JobStatus.held): RejectionReason.job_started,
+    ("finish", JobStatus.held): RejectionReason.job_started,
 }
 
 
@@ -459,3 +466,108 @@ def test_an_update_that_changes_nothing_is_refused() -> None:
 
     assert isinstance(result, Refusal)
     assert result.reason is RejectionReason.schema_violation
+
+
+# --- hold and release -------------------------------------------------------------------
+
+
+def test_a_create_digest_is_the_one_stored_before_holds_existed():
+    """A job stored by 1.3.0 keeps its digest: its redelivery is a repeat, not a conflict."""
+    command = a_create(
+        "job-1",
+        userId="alice",
+        title="Report",
+        copies=2,
+        priority="high",
+        document={"contentType": "application/pdf", "data": "JVBERi0="},
+        expireAfter="2026-01-01T00:00:00Z",
+    )
+    # Computed with the 1.3.0 models: sha256 of `model_dump_json()`.
+    assert jobs.request_digest(command) == (
+        "cd6cffb0110c0562b5d4042d2f2afbb0e99a4f7423b84fcc3075de3329583b2f"
+    )
+
+
+def test_a_digest_tells_a_pin_from_none_but_never_holds_it():
+    held = a_create(hold="indefinite")
+    with_pin = a_create(hold="indefinite", releasePin="4711")
+    other_pin = a_create(hold="indefinite", releasePin="0815")
+    assert jobs.request_digest(held) != jobs.request_digest(with_pin)
+    assert jobs.request_digest(with_pin) == jobs.request_digest(other_pin)
+
+
+def held_job(**overrides: Any) -> Job:
+    fields = {"hold_expires_at": NOW + timedelta(hours=1), "pin_hash": "h", **overrides}
+    return a_job(JobStatus.held, **fields)
+
+
+def test_release_clears_the_hold_and_keeps_the_age():
+    released = jobs.release(held_job(pin_attempts=2), now=NOW)
+    assert isinstance(released, Job)
+    assert (released.status, released.sequence, released.reason) == (
+        JobStatus.created,
+        SEQUENCE + 1,
+        "released",
+    )
+    assert (released.hold_expires_at, released.pin_hash, released.pin_attempts) == (None, None, 0)
+    assert released.created_at == CREATED_AT
+    refused = jobs.release(a_job(JobStatus.created), now=NOW)
+    assert isinstance(refused, Refusal)
+
+
+@pytest.mark.parametrize(
+    ("until", "expires", "expected"),
+    [
+        (None, NOW, (JobStatus.canceled, "hold_expired")),
+        (NOW, NOW + timedelta(hours=1), (JobStatus.created, "hold_ended")),
+        (NOW, NOW, (JobStatus.canceled, "hold_expired")),  # the timeout wins a tie
+        (NOW + timedelta(seconds=1), NOW + timedelta(hours=1), None),
+        (None, NOW + timedelta(seconds=1), None),
+    ],
+)
+def test_end_hold(until: Any, expires: Any, expected: Any):
+    job = held_job(hold_until=until, hold_expires_at=expires)
+    assert job.hold_due_at == (expires if until is None else min(until, expires))
+    ended = jobs.end_hold(job, now=NOW)
+    if expected is None:
+        assert isinstance(ended, Refusal)
+    else:
+        assert isinstance(ended, Job)
+        assert (ended.status, ended.reason) == expected
+
+
+def test_wrong_pins_count_without_a_new_sequence_until_the_limit():
+    job = held_job()
+    for attempt in range(1, 3):
+        job = jobs.wrong_pin(job, now=NOW, limit=3)
+        assert (job.status, job.pin_attempts, job.sequence) == (JobStatus.held, attempt, SEQUENCE)
+    job = jobs.wrong_pin(job, now=NOW, limit=3)
+    assert (job.status, job.reason, job.sequence) == (
+        JobStatus.canceled,
+        "pin_attempts_exceeded",
+        SEQUENCE + 1,
+    )
+
+
+def test_a_create_holds_only_for_a_time_to_come():
+    later = NOW + timedelta(minutes=5)
+    for hold, status in (
+        ("indefinite", JobStatus.held),
+        (later.isoformat(), JobStatus.held),
+        ((NOW - timedelta(seconds=1)).isoformat(), JobStatus.created),
+    ):
+        job = jobs.create(
+            None,
+            a_create(hold=hold),
+            queue_id=QUEUE,
+            correlation_id="c",
+            now=NOW,
+            hold_timeout=timedelta(hours=2),
+        )
+        assert isinstance(job, Job)
+        assert job.status is status
+        if status is JobStatus.held:
+            assert job.hold_expires_at == NOW + timedelta(hours=2)
+        else:
+            assert job.hold_expires_at is None
+            assert job.hold_due_at is None

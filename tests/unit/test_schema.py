@@ -72,6 +72,14 @@ OLD_SQLITE: Final = (
     CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id);
     CREATE INDEX jobs_final ON jobs (updated_at) WHERE status IN ('finished', 'canceled', 'failed')
     """,
+    """
+    DROP INDEX jobs_unfinished;
+    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started', 'held')
+    """,
+    """
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    ALTER TABLE outbox ADD COLUMN tracestate TEXT
+    """,
 )
 
 
@@ -146,6 +154,14 @@ OLD_POSTGRES: Final = (
     """
     CREATE INDEX jobs_listing ON jobs (queue_id, created_at, job_id);
     CREATE INDEX jobs_final ON jobs (updated_at) WHERE status IN ('finished', 'canceled', 'failed')
+    """,
+    """
+    DROP INDEX jobs_unfinished;
+    CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('created', 'started', 'held')
+    """,
+    """
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    ALTER TABLE outbox ADD COLUMN tracestate TEXT
     """,
 )
 

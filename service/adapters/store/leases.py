@@ -188,7 +188,8 @@ class PostgresLeases:
         """Claim the relay and every lane with unfinished jobs that no live replica holds."""
         try:
             rows = await self._execute(
-                "SELECT DISTINCT queue_id FROM jobs WHERE status IN ('created', 'started')", {}
+                "SELECT DISTINCT queue_id FROM jobs WHERE status IN ('created', 'started', 'held')",
+                {},
             )
         except StoreError as exc:
             log.warning("lane_scan_failed", error=str(exc))

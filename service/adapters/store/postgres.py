@@ -178,7 +178,7 @@ class _Transaction(PendingWrites):
             if outbox_rows:
                 await cursor.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     outbox_rows,
                 )
             if self.sent:
@@ -397,7 +397,7 @@ class PostgresStore:
         async with self._read() as conn:
             cursor = await conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
-                "WHERE status IN ('created', 'started') ORDER BY created_at"
+                "WHERE status IN ('created', 'started', 'held') ORDER BY created_at"
             )
             rows = await cursor.fetchall()
         return [job_from_row(row) for row in rows]

@@ -10,6 +10,7 @@ from typing import Any, Final
 from service.core.events import Kind, Outgoing
 from service.core.jobs import DocumentRef, Job
 from service.core.text import capped
+from service.core.tracecontext import TraceContext, trace_context
 from service.models import JobStatus, PrintOptions, Priority
 from service.ports import DeadLetter, StoreRefused
 
@@ -42,7 +43,7 @@ JOB_UPDATES: Final = ", ".join(
 )
 OUTBOX_COLUMNS: Final = (
     "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
-    "received_at, enqueued_at"
+    "received_at, traceparent, tracestate, enqueued_at"
 )
 # The columns an outbox insert gives (position is assigned by the database).
 OUTBOX_INSERT_COLUMNS: Final = OUTBOX_COLUMNS.removeprefix("position, ")
@@ -148,7 +149,44 @@ def _details(job: Job) -> str:
         details["impressions"] = job.impressions
     if job.sheets is not None:
         details["sheets"] = job.sheets
+    details.update(_hold_details(job))
+    details.update(_trace_details(job.trace))
     return json.dumps(details, separators=(",", ":"))
+
+
+def _hold_details(job: Job) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    if job.status is not JobStatus.held:  # what a hold needs is forgotten once it ends
+        return details
+    if job.hold_until is not None:
+        details["holdUntil"] = job.hold_until.isoformat()
+    if job.hold_expires_at is not None:
+        details["holdExpiresAt"] = job.hold_expires_at.isoformat()
+    if job.pin_hash is not None:
+        details["pinHash"] = job.pin_hash
+    if job.pin_attempts:
+        details["pinAttempts"] = job.pin_attempts
+    return details
+
+
+def _hold_fields(details: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, name in (("holdUntil", "hold_until"), ("holdExpiresAt", "hold_expires_at")):
+        if key in details:
+            result[name] = datetime.fromisoformat(details[key])
+    if "pinHash" in details:
+        result["pin_hash"] = details["pinHash"]
+    if "pinAttempts" in details:
+        result["pin_attempts"] = details["pinAttempts"]
+    return result
+
+
+def _trace_details(trace: TraceContext | None) -> dict[str, str]:
+    if trace is None:
+        return {}
+    if trace.tracestate is None:
+        return {"traceparent": trace.traceparent}
+    return {"traceparent": trace.traceparent, "tracestate": trace.tracestate}
 
 
 def _print_request(text: str | None) -> dict[str, Any]:
@@ -179,6 +217,9 @@ def _print_request(text: str | None) -> dict[str, Any]:
     for key in ("impressions", "sheets"):
         if key in details:
             result[key] = details[key]
+    result.update(_hold_fields(details))
+    if "traceparent" in details:
+        result["trace"] = trace_context(details["traceparent"], details.get("tracestate"))
     return result
 
 
@@ -196,6 +237,8 @@ def outbox_row(message: Outgoing, enqueued_at: float) -> Row:
         message.correlation_id,
         message.label,
         message.received_at,
+        trace.traceparent if (trace := message.trace) is not None else None,
+        trace.tracestate if trace is not None else None,
         enqueued_at,
     )
 
@@ -224,7 +267,8 @@ def job_from_row(row: Row) -> Job:
 
 
 def outgoing_from_row(row: Row) -> Outgoing:
-    _, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at, _ = row
+    (_, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at,
+     traceparent, tracestate, _) = row  # fmt: skip
     return Outgoing(
         message_id=message_id,
         kind=Kind(kind),
@@ -234,4 +278,6 @@ def outgoing_from_row(row: Row) -> Outgoing:
         correlation_id=correlation_id,
         label=label,
         received_at=received_at,
+        # Checked again: a row is data, and a bad one must cost the trace, not the event.
+        trace=trace_context(traceparent, tracestate),
     )

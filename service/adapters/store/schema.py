@@ -166,6 +166,25 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "WHERE status IN ('finished', 'canceled', 'failed')",
         ),
     ),
+    Migration(
+        # Held jobs are unfinished too: recovery and takeover load them (their hold timers
+        # live with the lane's holder), so the index that finds unfinished jobs holds them.
+        versions={SQLITE: 5, POSTGRES: 6},
+        statements=(
+            "DROP INDEX jobs_unfinished",
+            "CREATE INDEX jobs_unfinished ON jobs (created_at) "
+            "WHERE status IN ('created', 'started', 'held')",
+        ),
+    ),
+    Migration(
+        # The W3C trace context of the command that caused an outbox message (tracing on):
+        # it is published later, by the relay, in that trace.
+        versions={SQLITE: 6, POSTGRES: 7},
+        statements=(
+            "ALTER TABLE outbox ADD COLUMN traceparent TEXT",
+            "ALTER TABLE outbox ADD COLUMN tracestate TEXT",
+        ),
+    ),
 )
 
 

@@ -349,7 +349,7 @@ class SqliteStore:
     async def waiting_jobs(self) -> Sequence[Job]:
         rows = self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608
-            "WHERE status IN ('created', 'started') ORDER BY created_at",
+            "WHERE status IN ('created', 'started', 'held') ORDER BY created_at",
             (),
         )
         found = {job.job_id: job for job in map(job_from_row, rows)}
@@ -440,7 +440,7 @@ class SqliteStore:
             if batch.outbox_rows:
                 conn.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     batch.outbox_rows,
                 )
                 # One writer and AUTOINCREMENT: the batch's rows are the last positions.

@@ -22,11 +22,12 @@ import structlog
 from service.application.dispatch.spawner import Spawner
 from service.core import jobs
 from service.core.clock import Clock, IdSource
-from service.core.events import job_event
+from service.core.events import job_event, with_trace
 from service.core.throttle import Throttle
 from service.metrics import Metrics
 from service.models import JobStatus, PrintOptions, RejectionReason
 from service.ports import (
+    NO_TRACING,
     Document,
     DocumentSource,
     DocumentUnavailable,
@@ -38,6 +39,7 @@ from service.ports import (
     PrintRequest,
     StoreError,
     StoreRefused,
+    Tracer,
 )
 
 __all__ = ["JobProgress", "Transition"]
@@ -86,9 +88,11 @@ class JobProgress:
         reload: Callable[[str], None],
         lane_of: Callable[[str], str],
         progress_interval: float = 0.0,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         """`progress_interval`: at most one progress event per job per that many seconds of
         `clock`; 0 records none (the totals still go on `finished`)."""
+        self._tracer = tracer
         self._store = store
         self._documents = documents
         self._metrics = metrics
@@ -227,6 +231,21 @@ class JobProgress:
         if job is None:
             return
         self._underway.add(job_id)
+        # From the document's fetch to the end the printer reports, in the create's trace.
+        span = self._tracer.start(
+            "print",
+            parent=job.trace,
+            attributes={"print.job_id": job_id, "print.printer": printer.name, "print.lane": lane},
+        )
+        try:
+            await self._print_started(printer, job, lane)
+        except BaseException as exc:
+            span.end(error=exc)
+            raise
+        span.end()
+
+    async def _print_started(self, printer: Printer, job: jobs.Job, lane: str) -> None:
+        job_id = job.job_id
         try:
             request = await self._request(job)
         except DocumentUnavailable as exc:
@@ -386,14 +405,13 @@ class JobProgress:
                 log.debug("transition_skipped", job_id=job_id, why=result.message)
                 return None
             tx.put(result)
-            tx.emit(
-                job_event(
-                    result,
-                    event_id=self._new_id(),
-                    correlation_id=job.correlation_id,
-                    received_at=None,
-                )
+            event = job_event(
+                result,
+                event_id=self._new_id(),
+                correlation_id=job.correlation_id,
+                received_at=None,
             )
+            tx.emit(with_trace(event, job.trace))
         tx.durable.add_done_callback(partial(self._check_commit, job_id))
         self._metrics.jobs.labels(job.status.value).dec()
         self._metrics.jobs.labels(result.status.value).inc()

@@ -12,6 +12,7 @@ from typing import Final
 
 import structlog
 
+from service.application.dispatch.holds import HoldRoom
 from service.application.dispatch.progress import JobProgress
 from service.application.dispatch.spawner import Spawner
 from service.application.dispatch.takeover import Takeover
@@ -21,7 +22,17 @@ from service.core import jobs
 from service.core.clock import Clock, IdSource, new_id, utc_now
 from service.core.queues import QueueMap
 from service.metrics import Metrics
-from service.ports import Coordinator, DocumentSource, JobStore, PrinterDirectory
+from service.models import JobStatus
+from service.ports import (
+    NO_TRACING,
+    Coordinator,
+    DocumentSource,
+    JobStore,
+    PrinterDirectory,
+    StoreError,
+    StoreRefused,
+    Tracer,
+)
 
 __all__ = ["HANDOVER_TIMEOUT", "PrintDispatcher"]
 
@@ -47,9 +58,11 @@ class PrintDispatcher:
         progress_interval: float = 0.0,
         clock: Clock = utc_now,
         new_id: IdSource = new_id,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._queues = queues
         self._coordinator = coordinator
+        self._lease_losses = metrics.lease_losses
         self._spawner = Spawner()
         self._takeover = Takeover(
             store=store,
@@ -70,8 +83,10 @@ class PrintDispatcher:
             reload=self._takeover.reload,
             lane_of=self._lane,
             progress_interval=progress_interval,
+            tracer=tracer,
         )
         self._waiting = WaitingRoom(clock=clock, on_expired=self._expired)
+        self._holds = HoldRoom(clock=clock, on_due=self._hold_due)
         self._workers = LaneWorkers(
             waiting=self._waiting,
             printers=printers,
@@ -111,15 +126,22 @@ class PrintDispatcher:
     def _close(self) -> None:
         self._spawner.close()
         self._waiting.close()
+        self._holds.close()
 
     def enqueue(self, job: jobs.Job) -> None:
         """A created job waits for its lane's printers (a started one, to print again, ahead
-        of the rest). A job already waiting or printing here stays as it is."""
+        of the rest; a held one, for its release). A job already waiting or printing here
+        stays as it is."""
+        if job.status is not JobStatus.held:
+            self._holds.remove(job.job_id)  # released, or its hold ended, elsewhere
         if self.knows(job.job_id):
             return
         lane = self._lane(job.queue_id)
         if not self._coordinator.owns(lane):
             self._takeover.claim(lane)  # if another replica holds the lane, it prints the job
+            return
+        if job.status is JobStatus.held:
+            self._holds.hold(job, lane=lane)
             return
         self._waiting.push(job, lane=lane)
         self._workers.start(lane)
@@ -136,11 +158,18 @@ class PrintDispatcher:
         told through the store, and prints it). One the old lane's printer took meanwhile
         is not started there (`JobProgress` checks the lane) and is put back from the store."""
         self._waiting.remove(job.job_id)
+        self._holds.remove(job.job_id)
+        self.enqueue(job)
+
+    def release(self, job: jobs.Job) -> None:
+        """`job` was released: it waits for its lane's printers now."""
+        self._holds.remove(job.job_id)
         self.enqueue(job)
 
     def withdraw(self, job: jobs.Job) -> None:
         """`job` was canceled: drop it from its lane, or stop the printer printing it."""
         self._waiting.remove(job.job_id)
+        self._holds.remove(job.job_id)
         self._progress.stop(job.job_id)
 
     def resync(self) -> None:
@@ -150,7 +179,12 @@ class PrintDispatcher:
         self._takeover.resync()
 
     def knows(self, job_id: str) -> bool:
-        return job_id in self._waiting or self._progress.is_printing(job_id)
+        return (
+            job_id in self._waiting or job_id in self._holds or self._progress.is_printing(job_id)
+        )
+
+    def is_held(self, job_id: str) -> bool:
+        return job_id in self._holds
 
     def is_waiting(self, job_id: str) -> bool:
         return job_id in self._waiting
@@ -161,9 +195,28 @@ class PrintDispatcher:
 
     def _lanes_lost(self, lanes: list[str]) -> None:
         """Another replica may hold these lanes now: stop printing them here."""
+        self._lease_losses.inc()  # the coordinator takes lanes away only with the lease
         for lane in set(lanes):
             self._waiting.drop(lane)
+            self._holds.drop(lane)
             self._workers.stop(lane)
 
     def _expired(self, job_id: str, lane: str) -> None:
         self._spawner.spawn(self._progress.expire(job_id, lane))
+
+    def _hold_due(self, job_id: str, lane: str) -> None:
+        self._spawner.spawn(self._end_hold(job_id, lane))
+
+    async def _end_hold(self, job_id: str, lane: str) -> None:
+        """Release or cancel a held job whose time came, as the store's copy says."""
+        try:
+            ended = await self._progress.transition(job_id, jobs.end_hold, lane)
+        except (StoreError, StoreRefused) as exc:
+            log.warning("hold_end_not_recorded", job_id=job_id, error=str(exc))
+            ended = None
+        if ended is None:
+            # Not recorded, or not due by the store's copy (changed meanwhile): put the job
+            # back where the store says it is, with a new timer if it is still held.
+            self._takeover.reload(job_id)
+        elif ended.status is JobStatus.created:
+            self.enqueue(ended)

@@ -169,7 +169,9 @@ class Takeover:
             if self._jobs.is_waiting(job.job_id):
                 self._jobs.reprioritize(job)  # updated there
             else:
-                self._jobs.enqueue(job)  # created there (one printing here stays)
+                self._jobs.enqueue(job)  # created or released there (one printing here stays)
+        elif job.status is JobStatus.held:
+            self._jobs.enqueue(job)  # created or moved there held: its timer runs here
 
     async def _reload(self, job_id: str) -> None:
         try:
