@@ -27,7 +27,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.cli.apikey import ENV_VAR, ApiKeyError, resolve_api_key
+from service.cli.apikey import (
+    ENV_VAR,
+    PIN_ENV_VAR,
+    ApiKeyError,
+    resolve_api_key,
+    resolve_release_pin,
+)
 from service.cli.commands import EXIT_CONFIG, EXIT_OK, client_command
 from service.cli.jobs import add_jobs_arguments
 from service.config import ConfigError, Settings
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dead_letters(args, settings)
     try:
         api_key = resolve_api_key(key_file=args.api_key_file, environ=os.environ)
+        if args.command in ("submit", "release"):
+            args.release_pin = resolve_release_pin(pin_file=args.pin_file, environ=os.environ)
     except ApiKeyError as exc:
         print(f"print-service: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -109,6 +117,26 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
             as_json=args.json,
         )
     )
+
+
+def _hold_arguments(submit: argparse.ArgumentParser, release: argparse.ArgumentParser) -> None:
+    submit.add_argument(
+        "--hold",
+        nargs="?",
+        const="indefinite",
+        metavar="TIME",
+        help="hold the job until released (or until TIME, ISO 8601); with a PIN from "
+        f"${PIN_ENV_VAR} or --pin-file, only that PIN releases it",
+    )
+    release.add_argument("job_id")
+    for command in (submit, release):
+        command.add_argument(
+            "--pin-file",
+            type=Path,
+            metavar="PATH",
+            help=f"the release PIN on the first line of PATH (chmod 600, or a pipe); "
+            f"default: ${PIN_ENV_VAR}",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--quality", choices=[v.value for v in PrintQuality])
     submit.add_argument("--expire-after", type=float, metavar="SECONDS")
     submit.add_argument("--no-follow", action="store_true", help="publish and exit")
+    _hold_arguments(submit, client("release", f"release a held job (its PIN: ${PIN_ENV_VAR})"))
     cancel = client("cancel", "cancel a print job")
     cancel.add_argument("job_id")
     cancel.add_argument("--force", action="store_true", help="also stop a job being printed")

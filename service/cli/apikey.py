@@ -23,9 +23,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-__all__ = ["ENV_VAR", "MAX_KEY_FILE_LINE", "ApiKeyError", "first_line", "resolve_api_key"]
+__all__ = [
+    "ENV_VAR",
+    "MAX_KEY_FILE_LINE",
+    "PIN_ENV_VAR",
+    "ApiKeyError",
+    "first_line",
+    "resolve_api_key",
+    "resolve_release_pin",
+]
 
 ENV_VAR: Final = "PRINT_API_KEY"
+# A held job's release PIN: the same rules as the key (never on argv).
+PIN_ENV_VAR: Final = "PRINT_RELEASE_PIN"
 # Read no more than this of a key file: enough for any key, and `--api-key-file /dev/zero`
 # (or a document named by mistake) does not fill the memory.
 MAX_KEY_FILE_LINE: Final = 4096
@@ -55,24 +65,32 @@ def resolve_api_key(*, key_file: Path | None, environ: Mapping[str, str]) -> str
     return key or None
 
 
-def _read_key_file(path: Path) -> str:
+def resolve_release_pin(*, pin_file: Path | None, environ: Mapping[str, str]) -> str | None:
+    """A release PIN, read as the key is: `pin_file` (`--pin-file`), else PRINT_RELEASE_PIN."""
+    if pin_file is not None:
+        return _read_key_file(pin_file, option="--pin-file")
+    pin = environ.get(PIN_ENV_VAR, "").strip()
+    return pin or None
+
+
+def _read_key_file(path: Path, *, option: str = "--api-key-file") -> str:
     try:
         with path.open("rb") as stream:
             info = os.fstat(stream.fileno())  # the file opened, not a name that may change
             if stat.S_ISREG(info.st_mode) and info.st_mode & _PRIVATE_MODE_BITS:
                 raise ApiKeyError(
-                    f"--api-key-file {path}: readable or writable by group or others "
+                    f"{option} {path}: readable or writable by group or others "
                     f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
                 )
             raw = stream.readline(MAX_KEY_FILE_LINE + 1)
     except OSError as exc:
-        raise ApiKeyError(f"--api-key-file {path}: {exc.strerror}") from None
+        raise ApiKeyError(f"{option} {path}: {exc.strerror}") from None
     if len(raw) > MAX_KEY_FILE_LINE:
-        raise ApiKeyError(f"--api-key-file {path}: first line over {MAX_KEY_FILE_LINE} bytes")
+        raise ApiKeyError(f"{option} {path}: first line over {MAX_KEY_FILE_LINE} bytes")
     try:
         key = first_line(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ApiKeyError(f"--api-key-file {path}: not UTF-8 text") from None
+        raise ApiKeyError(f"{option} {path}: not UTF-8 text") from None
     if not key:
-        raise ApiKeyError(f"--api-key-file {path}: the first line is empty")
+        raise ApiKeyError(f"{option} {path}: the first line is empty")
     return key

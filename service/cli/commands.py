@@ -30,9 +30,11 @@ from service.models import (
     CommandRejected,
     CreatePrintJob,
     GetPrintJobStatus,
+    JobStatus,
     ListPrintJobs,
     MovePrintJob,
     PrintJobEvent,
+    ReleasePrintJob,
 )
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_REJECTED", "EXIT_TIMEOUT", "client_command"]
@@ -71,7 +73,11 @@ async def client_command(
                 return await _jobs(client, args)
             if args.command == "printers":
                 return await _printers(client, args)
-            command, done = _job_command(args)
+            try:
+                command, done = _job_command(args)
+            except ValueError as exc:
+                print(f"print-service {args.command}: {_invalid(exc)}", file=sys.stderr)
+                return EXIT_REJECTED
             return await _follow(client, args, command, done)
     except ConnectionFailed as exc:
         print(f"print-service: {exc}", file=sys.stderr)
@@ -79,20 +85,51 @@ async def client_command(
 
 
 def _job_command(args: argparse.Namespace) -> tuple[JobCommand, Done]:
-    if args.command == "submit":
-        return _create(args), _final
-    if args.command == "cancel":
-        return CancelPrintJob(jobId=args.job_id, force=args.force), _final
-    if args.command == "move":
-        # The answer: moved (or already there, answered as a status query).
-        return MovePrintJob(jobId=args.job_id, toQueue=args.to_queue), lambda e: bool(
-            e.movedFrom or e.snapshot or _final(e)
-        )
-    if args.command == "status":
-        return GetPrintJobStatus(jobId=args.job_id), lambda e: e.snapshot or _final(e)
-    # `watch` sends a status query: a new subscriber sees only what happens next, so the
-    # answer tells where the job is now, and the events that follow the rest.
+    return _JOB_COMMANDS.get(args.command, _watch)(args)
+
+
+def _release(args: argparse.Namespace) -> tuple[JobCommand, Done]:
+    command = ReleasePrintJob(jobId=args.job_id, pin=args.release_pin)
+    # Released (or not held: its status); the events that follow are the printing's.
+    return command, lambda e: e.status is not JobStatus.held or _final(e)
+
+
+def _cancel(args: argparse.Namespace) -> tuple[JobCommand, Done]:
+    return CancelPrintJob(jobId=args.job_id, force=args.force), _final
+
+
+def _move(args: argparse.Namespace) -> tuple[JobCommand, Done]:
+    # The answer: moved (or already there, answered as a status query).
+    return MovePrintJob(jobId=args.job_id, toQueue=args.to_queue), lambda e: bool(
+        e.movedFrom or e.snapshot or _final(e)
+    )
+
+
+def _status(args: argparse.Namespace) -> tuple[JobCommand, Done]:
+    return GetPrintJobStatus(jobId=args.job_id), lambda e: e.snapshot or _final(e)
+
+
+def _watch(args: argparse.Namespace) -> tuple[JobCommand, Done]:
+    # A status query: a new subscriber sees only what happens next, so the answer tells
+    # where the job is now, and the events that follow the rest.
     return GetPrintJobStatus(jobId=args.job_id), _final
+
+
+def _submit(args: argparse.Namespace) -> tuple[JobCommand, Done]:
+    create = _create(args)
+    if create.hold is not None:
+        # Held: nothing more happens until someone releases it.
+        return create, lambda e: e.status is JobStatus.held or _final(e)
+    return create, _final
+
+
+_JOB_COMMANDS: Final[dict[str, Callable[[argparse.Namespace], tuple[JobCommand, Done]]]] = {
+    "submit": _submit,
+    "release": _release,
+    "cancel": _cancel,
+    "move": _move,
+    "status": _status,
+}
 
 
 async def _follow(
@@ -193,11 +230,24 @@ def _create(args: argparse.Namespace) -> CreatePrintJob:
         options["pageRanges"] = [_page_range(part) for part in args.pages.split(",")]
     if options := {k: v for k, v in options.items() if v is not None}:
         fields["options"] = options
+    if args.hold is not None:
+        fields["hold"] = args.hold
+        fields["releasePin"] = args.release_pin
+    elif args.pin_file is not None:
+        raise ValueError("--pin-file needs --hold: a PIN guards a held job")
     if args.expire_after is not None:
         fields["expireAfter"] = (
             datetime.now(UTC) + timedelta(seconds=args.expire_after)
         ).isoformat()
     return CreatePrintJob.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+def _invalid(exc: ValueError) -> str:
+    """What is wrong with the arguments, without the values given (one may be a PIN)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    errors = exc.errors(include_input=False, include_url=False)
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
 
 
 def _page_range(text: str) -> dict[str, int]:

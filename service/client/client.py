@@ -58,6 +58,7 @@ from service.models import (
     PrintJobList,
     PrintOptions,
     Priority,
+    ReleasePrintJob,
     UpdatePrintJob,
 )
 from service.tls import ssl_context
@@ -65,7 +66,14 @@ from service.tls import ssl_context
 __all__ = ["ClientOptions", "JobCommand", "JobEvents", "PrintClient"]
 
 # The commands about one job: their answer is a `printJobEvent` on `events/<jobId>`.
-JobCommand = CreatePrintJob | CancelPrintJob | UpdatePrintJob | MovePrintJob | GetPrintJobStatus
+JobCommand = (
+    CreatePrintJob
+    | CancelPrintJob
+    | UpdatePrintJob
+    | MovePrintJob
+    | GetPrintJobStatus
+    | ReleasePrintJob
+)
 _Answer = TypeVar("_Answer", PrintCounts, PrintJobList, PrinterStatusList)
 
 
@@ -269,6 +277,14 @@ class PrintClient:
     async def move(self, job_id: str, to_queue: str, *, queue: str | None = None) -> PrintJobEvent:
         """Move a waiting job from `queue` (the client's) to `to_queue`."""
         return await self._answer(MovePrintJob(jobId=job_id, toQueue=to_queue), queue=queue)
+
+    async def release(
+        self, job_id: str, *, pin: str | None = None, queue: str | None = None
+    ) -> PrintJobEvent:
+        """Release a held job (with its PIN, when it has one): its `created` event (reason
+        `released`), or its current status if it is not held. A wrong PIN: `Rejected`
+        (`release_refused`)."""
+        return await self._answer(ReleasePrintJob(jobId=job_id, pin=pin), queue=queue)
 
     async def status(self, job_id: str, *, queue: str | None = None) -> PrintJobEvent:
         """The job's current status (an event with `snapshot` true)."""

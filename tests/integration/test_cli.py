@@ -145,3 +145,60 @@ async def test_move_says_why_a_job_that_ended_is_not_moved(service: Service, bro
     assert code == 1, lines
     assert lines[0].startswith(f"sent movePrintJob job={job_id}")
     assert lines[-1].startswith("REJECTED job_final:")
+
+
+async def test_hold_and_release_with_a_pin_that_never_reaches_argv_or_the_output(
+    service: Service, brokers: Brokers, tmp_path
+):
+    queue, job_id = unique("q"), unique("held")
+    pin = "5792-cli"
+    code, lines = await cli(
+        brokers,
+        "submit",
+        "--queue",
+        queue,
+        "--job-id",
+        job_id,
+        "--hold",
+        env={"PRINT_RELEASE_PIN": pin},
+    )
+    assert code == 0, lines
+    assert [line.split()[2] for line in lines[1:]] == ["held"]
+
+    code, lines = await cli(
+        brokers, "release", job_id, "--queue", queue, env={"PRINT_RELEASE_PIN": "0000"}
+    )
+    assert code == 1, lines
+    assert lines[-1].startswith("REJECTED release_refused: wrong PIN (4 attempts left)")
+
+    loose = tmp_path / "pin"
+    loose.write_text(pin + "\n")
+    loose.chmod(0o644)
+    code, lines = await cli(brokers, "release", job_id, "--queue", queue, "--pin-file", str(loose))
+    assert code == 3, lines
+    assert "--pin-file" in lines[-1]
+    assert "chmod 600" in lines[-1]
+
+    loose.chmod(0o600)
+    code, lines = await cli(brokers, "release", job_id, "--queue", queue, "--pin-file", str(loose))
+    assert code == 0, lines
+    assert [line.split()[2] for line in lines[1:]] == ["created"]
+    code, lines = await cli(brokers, "watch", job_id, "--queue", queue)
+    assert code == 0, lines
+    assert lines[-1].split()[2] == "finished"
+    assert not any(pin in line for line in lines)
+
+
+async def test_a_pin_without_a_hold_and_a_bad_pin_are_refused_before_sending(
+    service: Service, brokers: Brokers, tmp_path
+):
+    secret = tmp_path / "pin"
+    secret.write_text("1234\n")
+    secret.chmod(0o600)
+    code, lines = await cli(brokers, "submit", "--pin-file", str(secret))
+    assert code == 1, lines
+    assert "--pin-file needs --hold" in lines[-1]
+    code, lines = await cli(brokers, "submit", "--hold", env={"PRINT_RELEASE_PIN": "a b"})
+    assert code == 1, lines
+    assert "releasePin" in lines[-1]
+    assert "a b" not in lines[-1]

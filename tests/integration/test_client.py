@@ -222,3 +222,18 @@ async def test_tls_to_a_broker_of_a_private_ca(
                 gc.collect()
     with pytest.raises(ConfigurationError, match="mqtt TLS files"):
         a_client(brokers, mqtt_url=tls_url, mqtt_ca_file=certs["client.key"])
+
+
+async def test_hold_and_release(service: Service, brokers: Brokers):
+    async with a_client(brokers) as client:
+        held = await client.submit(hold="indefinite", releasePin="8080")
+        assert held.status is JobStatus.held
+        with pytest.raises(Rejected) as refused:
+            await client.release(held.jobId, pin="1111")
+        assert refused.value.reason is RejectionReason.release_refused
+        released = await client.release(held.jobId, pin="8080")
+        assert (released.status, released.reason) == (JobStatus.created, "released")
+        again = await client.release(held.jobId, pin="8080")  # not held now: its status
+        assert again.snapshot
+        statuses = [event.status async for event in client.watch(held.jobId)]
+    assert statuses[-1] is JobStatus.finished
