@@ -34,9 +34,9 @@ format: install
 generate: install  ## regenerate service/models.py from asyncapi.yaml
 	$(BIN)/datamodel-codegen --output service/models.py  # options: [tool.datamodel-codegen]
 
+# PUPPETEER_SKIP_DOWNLOAD: the HTML template depends on puppeteer (for PDFs only), which would
+# otherwise download a browser.
 $(NODE_TOOLS)/node_modules/.installed: $(NODE_TOOLS)/package.json
-	# PUPPETEER_SKIP_DOWNLOAD: the HTML template depends on puppeteer (for PDFs only), which
-	# would otherwise download a browser.
 	cd $(NODE_TOOLS) && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-fund --no-audit --loglevel=error
 	touch $@
 
@@ -46,7 +46,7 @@ validate-contract: $(NODE_TOOLS)/node_modules/.installed  ## official AsyncAPI v
 # The official AsyncAPI templates, installed in $(NODE_TOOLS) and passed by absolute path (the
 # generator takes a relative one for a package name and tries to install it from the registry).
 # Offline: an empty --registry-url keeps the generator from asking npm about them, and the
-# analytics file keeps the cli from sending usage metrics (it waits on that without a network).
+# analytics file turns the cli's usage metrics off, so that `make docs` sends nothing.
 DOCS_FLAGS := --registry-url= --no-interactive --force-write
 DOCS_ENV   := ASYNCAPI_METRICS_CONFIG_PATH=$(CURDIR)/$(NODE_TOOLS)/analytics-off.json SUPPRESS_NO_CONFIG_WARNING=1
 TEMPLATES  := $(CURDIR)/$(NODE_TOOLS)/node_modules/@asyncapi
