@@ -59,16 +59,27 @@ format: install
 generate: install  ## regenerate service/models.py from asyncapi.yaml
 	$(BIN)/datamodel-codegen --output service/models.py  # options: [tool.datamodel-codegen]
 
+# PUPPETEER_SKIP_DOWNLOAD: the HTML template depends on puppeteer (for PDFs only), which would
+# otherwise download a browser.
 $(NODE_TOOLS)/node_modules/.installed: $(NODE_TOOLS)/package.json
-	cd $(NODE_TOOLS) && npm install --no-fund --no-audit --loglevel=error
+	cd $(NODE_TOOLS) && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-fund --no-audit --loglevel=error
 	touch $@
 
 validate-contract: $(NODE_TOOLS)/node_modules/.installed  ## official AsyncAPI validator
 	$(NODE_TOOLS)/node_modules/.bin/asyncapi validate asyncapi.yaml --fail-severity=warn
 
-docs: $(NODE_TOOLS)/node_modules/.installed  ## the contract as Markdown, in build/docs/
-	mkdir -p build/docs
-	node $(NODE_TOOLS)/render.mjs asyncapi.yaml build/docs/asyncapi.md
+# The official AsyncAPI templates, installed in $(NODE_TOOLS) and passed by absolute path (the
+# generator takes a relative one for a package name and tries to install it from the registry).
+# Offline: an empty --registry-url keeps the generator from asking npm about them, and the
+# analytics file turns the cli's usage metrics off, so that `make docs` sends nothing.
+DOCS_FLAGS := --registry-url= --no-interactive --force-write
+DOCS_ENV   := ASYNCAPI_METRICS_CONFIG_PATH=$(CURDIR)/$(NODE_TOOLS)/analytics-off.json SUPPRESS_NO_CONFIG_WARNING=1
+TEMPLATES  := $(CURDIR)/$(NODE_TOOLS)/node_modules/@asyncapi
+
+docs: $(NODE_TOOLS)/node_modules/.installed  ## the contract as HTML and Markdown (official AsyncAPI templates, offline) in build/docs/
+	rm -rf build/docs
+	$(DOCS_ENV) $(NODE_TOOLS)/node_modules/.bin/asyncapi generate fromTemplate asyncapi.yaml $(TEMPLATES)/html-template -o build/docs/html $(DOCS_FLAGS)
+	$(DOCS_ENV) $(NODE_TOOLS)/node_modules/.bin/asyncapi generate fromTemplate asyncapi.yaml $(TEMPLATES)/markdown-template -o build/docs/markdown $(DOCS_FLAGS)
 
 bench: install  ## throughput, latency and memory against the raw-bridge ceiling
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
