@@ -9,6 +9,8 @@
     print-service jobs [--status S] [--user U] [--since T] [--limit N] [--all]
                                          list the queue's jobs, newest first, page by page
     print-service printers [--queue Q]   the statuses of the queue's printers
+    print-service submit --hold [TIME]   a held job (PIN: PRINT_RELEASE_PIN or --pin-file)
+    print-service release JOB            release a held job (its PIN from the same places)
 
 The client commands send the API key of PRINT_API_KEY or of `--api-key-file PATH`, never
 one given on the command line (service/cli/apikey.py says why).

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.cli import EXIT_CONFIG, main
+from service.cli import main
 from service.cli.apikey import (
     ENV_VAR,
     MAX_KEY_FILE_LINE,
@@ -18,6 +18,7 @@ from service.cli.apikey import (
     first_line,
     resolve_api_key,
 )
+from service.cli.commands import EXIT_CONFIG
 
 SECRET = "k-" + os.urandom(12).hex()
 
