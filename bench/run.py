@@ -7,6 +7,12 @@ flood rate), the raw bridge and the service (embedded defaults: durable SQLite s
 an instant simulated printer) take the same load in turn. One consumer on `events/jobs`'s
 exchange times every event against its command's send time. Absolute figures drift between
 machines; the ratios measured in the same run do not.
+
+Then what operators run beside the defaults, flooded with `--pg-jobs` commands: the
+PostgreSQL store with one replica (`service-pg`), and two replicas sharing the commands
+through an MQTT shared subscription and one PostgreSQL schema (`service-pg-x2`). Each row
+says jobs/s, its ratio to the raw bridge's flood, p99 command→`created`, and what was lost;
+`--no-postgres` leaves them out.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 import aio_pika
 import aiomqtt
+import psycopg
 
 from service.adapters.amqp import EVENTS_EXCHANGE, EVENTS_QUEUE, QUEUE_ARGUMENTS, message_body
 from service.config import BrokerUrl
@@ -37,6 +44,9 @@ from tests.integration.brokers import private_mosquitto, reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The systems that use PostgreSQL, and how many replicas each runs.
+POSTGRES_REPLICAS: dict[str, int] = {"service-pg": 1, "service-pg-x2": 2}
 # Extra settings for the service under test (`--set KEY=VALUE`), to compare configurations.
 SERVICE_ENV: dict[str, str] = {}
 
@@ -149,7 +159,36 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_system(system: str, mqtt_url: str, workdir: Path) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def postgres_schema() -> Any:  # noqa: ANN401 - a contextmanager generator
+    """A DATABASE_URL on a fresh schema of the PostgreSQL server, dropped afterwards."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}".encode())
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+def start_system(
+    system: str, mqtt_url: str, workdir: Path, *, database_url: str | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """The processes of `system`: the raw bridge, or the service's replicas."""
+    replicas = POSTGRES_REPLICAS.get(system, 1)
+    extra = {"MQTT_SHARED_GROUP": "bench"} if replicas > 1 else {}
+    database_url = database_url or f"sqlite:///{workdir}/jobs-{uuid.uuid4().hex[:6]}.db"
+    return [
+        start_process(system, mqtt_url, workdir, database_url=database_url, **extra)
+        for _ in range(replicas)
+    ]
+
+
+def start_process(
+    system: str, mqtt_url: str, workdir: Path, *, database_url: str, **extra: str
+) -> subprocess.Popen[bytes]:
     log = (workdir / f"{system}.log").open("ab")
     if system == "raw":
         process = subprocess.Popen(
@@ -166,9 +205,10 @@ def start_system(system: str, mqtt_url: str, workdir: Path) -> subprocess.Popen[
     env = service_env(
         mqtt_url=mqtt_url,
         amqp_url=AMQP_URL,
-        database_url=f"sqlite:///{workdir}/jobs-{uuid.uuid4().hex[:6]}.db",
+        database_url=database_url,
         client_id=f"bench-{uuid.uuid4().hex[:6]}",
         MQTT_SESSION_EXPIRY="60",
+        **extra,
         **SERVICE_ENV,
     )
     process = subprocess.Popen(
@@ -190,10 +230,34 @@ def start_system(system: str, mqtt_url: str, workdir: Path) -> subprocess.Popen[
 async def measure(
     system: str, mode: str, jobs: int, *, rate: float | None, mqtt_url: str, workdir: Path
 ) -> Result:
+    if system in POSTGRES_REPLICAS:
+        with postgres_schema() as database_url:
+            return await _measure(
+                system,
+                mode,
+                jobs,
+                rate=rate,
+                mqtt_url=mqtt_url,
+                workdir=workdir,
+                database_url=database_url,
+            )
+    return await _measure(system, mode, jobs, rate=rate, mqtt_url=mqtt_url, workdir=workdir)
+
+
+async def _measure(
+    system: str,
+    mode: str,
+    jobs: int,
+    *,
+    rate: float | None,
+    mqtt_url: str,
+    workdir: Path,
+    database_url: str | None = None,
+) -> Result:
     job_ids = [f"{system}-{mode}-{i}-{uuid.uuid4().hex[:8]}" for i in range(jobs)]
     timings = Timings(job_ids)
     connection = await consume(timings)
-    process = start_system(system, mqtt_url, workdir)
+    processes = start_system(system, mqtt_url, workdir, database_url=database_url)
     try:
         started = time.monotonic()
         publish_s = await drive(mqtt_url, job_ids, timings, rate)
@@ -202,10 +266,12 @@ async def measure(
             await asyncio.wait_for(timings.done.wait(), max(120.0, jobs / 50))
         last_created = max(timings.created.values(), default=started)
         last_finished = max(timings.finished.values(), default=started)
-        rss = peak_rss_mb(process.pid)
+        rss = max(peak_rss_mb(process.pid) for process in processes)
     finally:
-        process.terminate()
-        process.wait(60)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(60)
         await connection.close()
     created_lat = [timings.created[j] - timings.sent[j] for j in timings.created]
     finished_lat = [timings.finished[j] - timings.sent[j] for j in timings.finished]
@@ -247,7 +313,7 @@ def machine() -> dict[str, Any]:
 
 def table(results: list[Result]) -> str:
     head = (
-        f"{'system':8} {'mode':6} {'jobs':>6} {'offered/s':>9} {'cmds/s':>8} {'created/s':>9} "
+        f"{'system':13} {'mode':6} {'jobs':>6} {'offered/s':>9} {'cmds/s':>8} {'created/s':>9} "
         f"{'finished/s':>10} {'created p50/p95/p99/max ms':>28} {'finished p99 ms':>15} "
         f"{'rss MB':>7} {'lost':>5}"
     )
@@ -255,7 +321,7 @@ def table(results: list[Result]) -> str:
     for r in results:
         c = r.created_ms
         lines.append(
-            f"{r.system:8} {r.mode:6} {r.jobs:>6} {r.offered_per_s or '-':>9} "
+            f"{r.system:13} {r.mode:6} {r.jobs:>6} {r.offered_per_s or '-':>9} "
             f"{r.commands_per_s:>8} {r.created_per_s:>9} {r.finished_per_s:>10} "
             f"{c.get('p50')}/{c.get('p95')}/{c.get('p99')}/{c.get('max'):>} ".rjust(29)
             + f"{r.finished_ms.get('p99')!s:>15} {r.peak_rss_mb or '-'!s:>7} {r.lost:>5}"
@@ -263,7 +329,9 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-async def main(jobs: int, rate_jobs: int, out: Path, rate: float | None = None) -> int:
+async def main(
+    jobs: int, rate_jobs: int, out: Path, rate: float | None = None, pg_jobs: int = 0
+) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, private_mosquitto() as broker:
         workdir = Path(tmp)
@@ -283,7 +351,28 @@ async def main(jobs: int, rate_jobs: int, out: Path, rate: float | None = None) 
                 )
             )
             print(table(results[-1:]).splitlines()[-1], flush=True)
+        for system in POSTGRES_REPLICAS if pg_jobs else ():
+            results.append(
+                await measure(
+                    system, "flood", pg_jobs, rate=None, mqtt_url=broker.url, workdir=workdir
+                )
+            )
+            print(table(results[-1:]).splitlines()[-1], flush=True)
     by = {(r.system, r.mode): r for r in results}
+    raw_rate = by["raw", "flood"].finished_per_s
+    # One row per system as operators run it: its flood against the raw bridge's.
+    rows: list[dict[str, Any]] = [
+        {
+            "system": r.system,
+            "jobs": r.jobs,
+            "jobs_per_s": r.finished_per_s,
+            "ratio": round(r.finished_per_s / raw_rate, 3),
+            "p99_created_ms": r.created_ms.get("p99"),
+            "lost": r.lost,
+        }
+        for r in results
+        if r.mode == "flood" and r.system != "raw"
+    ]
     summary = {
         "jobs_per_s": by["service", "flood"].finished_per_s,
         "raw_jobs_per_s": by["raw", "flood"].finished_per_s,
@@ -293,8 +382,9 @@ async def main(jobs: int, rate_jobs: int, out: Path, rate: float | None = None) 
         "half_rate_per_s": half,
         "p99_created_ms_at_half_rate": by["service", "rate"].created_ms.get("p99"),
         "raw_p99_created_ms_at_half_rate": by["raw", "rate"].created_ms.get("p99"),
-        "peak_rss_mb": max(r.peak_rss_mb or 0 for r in results if r.system == "service"),
-        "lost": sum(r.lost for r in results if r.system == "service"),
+        "peak_rss_mb": max(r.peak_rss_mb or 0 for r in results if r.system != "raw"),
+        "lost": sum(r.lost for r in results if r.system != "raw"),
+        "rows": rows,
         "raw_lost": sum(r.lost for r in results if r.system == "raw"),
         "machine": machine(),
         "runs": [asdict(r) for r in results],
@@ -313,6 +403,11 @@ async def main(jobs: int, rate_jobs: int, out: Path, rate: float | None = None) 
         "lost",
     ):
         print(f"{key:34} {summary[key]}")
+    for row in rows:
+        print(
+            f"{row['system']:13} {row['jobs_per_s']:>8} jobs/s  ratio {row['ratio']:<6} "
+            f"p99 created {row['p99_created_ms']} ms  lost {row['lost']}"
+        )
     print(f"\nlost in every mode: {'none' if summary['lost'] == 0 else summary['lost']}")
     print(f"results: {out}")
     return 0 if summary["lost"] == 0 else 1
@@ -323,6 +418,10 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=50_000, help="commands per flood run")
     parser.add_argument("--rate-jobs", type=int, default=10_000, help="commands per rate run")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench.json")
+    parser.add_argument(
+        "--pg-jobs", type=int, default=3_000, help="commands per PostgreSQL flood run"
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="only the embedded defaults")
     parser.add_argument(
         "--rate",
         type=float,
@@ -338,4 +437,5 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     SERVICE_ENV.update(item.split("=", 1) for item in args.set)
-    sys.exit(asyncio.run(main(args.jobs, args.rate_jobs, args.out, args.rate)))
+    pg_jobs = 0 if args.no_postgres else args.pg_jobs
+    sys.exit(asyncio.run(main(args.jobs, args.rate_jobs, args.out, args.rate, pg_jobs)))
