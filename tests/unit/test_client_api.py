@@ -28,6 +28,7 @@ PUBLIC_METHODS = {
     "cancel",
     "update",
     "move",
+    "release",
     "status",
     "watch",
     "follow",
