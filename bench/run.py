@@ -120,7 +120,8 @@ async def consume(timings: Timings) -> aio_pika.abc.AbstractConnection:
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         event = json.loads(message_body(message))
-        timings.on_event(event["jobId"], event["status"])
+        if "jobId" in event:  # not a printer's status, which goes the same way
+            timings.on_event(event["jobId"], event["status"])
 
     await queue.consume(on_message, no_ack=True)
     return connection
