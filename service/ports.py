@@ -232,7 +232,8 @@ class JobStore(Protocol):
 
         With `lanes`, only the rows those admit, and of those only the ones with no earlier
         unsent row of the same order key outside `lanes` (a job moved between lanes: its
-        later events wait until its earlier ones, another replica's, are sent).
+        later events wait until its earlier ones, another replica's, are sent). A row held
+        back so is older than rows returned before it: with `lanes`, `after` is not used.
         """
         ...
 

@@ -147,6 +147,7 @@ class MemoryStore:
         rows: Iterator[OutboxRecord] = (OutboxRecord(p, *row) for p, row in self._outbox.items())
         if lanes is not None:
             rows = _of_lanes(rows, lanes)
+            after = 0  # a row held back for another lane's is older than those taken
         return list(itertools.islice((r for r in rows if r.position > after), limit))
 
     async def mark_sent(self, positions: Iterable[int]) -> None:

@@ -322,8 +322,9 @@ class SqliteStore:
                 (after, self._committed_position, limit),
             )
         else:
+            # Not past `after`: a row held back for another lane's is older than those taken.
             sql, held = _unsent_of_lanes(lanes)
-            rows = self._read(sql, (*held, *held, after, self._committed_position, limit))
+            rows = self._read(sql, (*held, *held, self._committed_position, limit))
         return [record_from_row(row) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
@@ -497,7 +498,7 @@ def _unsent_of_lanes(lanes: OutboxLanes) -> tuple[str, tuple[str, ...]]:
     sql = (
         f"SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE {inside} AND NOT EXISTS ("  # noqa: S608
         "SELECT 1 FROM outbox e WHERE e.order_key = o.order_key AND e.position < o.position "
-        f"AND ({outside})) AND o.position > ? AND o.position <= ? ORDER BY o.position LIMIT ?"
+        f"AND ({outside})) AND o.position <= ? ORDER BY o.position LIMIT ?"
     )
     return sql, held
 
