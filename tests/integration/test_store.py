@@ -658,6 +658,7 @@ async def test_unsent_of_lanes_returns_their_rows_and_with_the_relay_lane_those_
                 "q1", {}, event_id=uuid.uuid4(), correlation_id="c", received_at=None, now=T0
             )
         )  # a reply: no lane
+    await tx.durable
     async with store.transaction(lane="q2") as tx:  # a dispatcher's: its lane
         tx.put(in_q2)
         tx.emit(event_of(in_q2))
@@ -684,6 +685,7 @@ async def test_unsent_of_lanes_returns_their_rows_and_with_the_relay_lane_those_
         seen = await tx.get(in_q2.job_id)
         assert seen is not None
         tx.emit(event_of(seen))
+    await tx.durable  # SQLite: published once committed
     assert [r.lane for r in await store.unsent(10, lanes=lanes("q2"))] == ["q2", "q2"]
 
 
@@ -700,6 +702,7 @@ async def test_a_moved_jobs_rows_wait_for_its_earlier_ones_in_the_old_lane(store
         tx.emit(event_of(moved))
         tx.put(other)
         tx.emit(event_of(other))
+    await tx.durable
     # q2's holder: the moved job's event waits for its created one, q1's holder's.
     assert [r.message.order_key for r in await store.unsent(10, lanes=lanes("q2"))] == [
         other.job_id
