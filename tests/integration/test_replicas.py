@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
+import psycopg
 import pytest
 
 from service.app import Service
@@ -162,3 +164,27 @@ async def test_each_replica_publishes_the_events_of_the_lanes_it_holds(
         assert b.coordinator.owns(queue_b)
         assert not b.coordinator.owns(queue_a)
         assert await listener.quiet(0.5) == []  # nothing twice
+
+
+async def test_a_lane_left_with_unsent_events_and_no_work_is_taken_over_and_published(
+    start_service: ServiceFactory, amqp: Any, postgres_url: str
+):
+    # A replica that died after its lane's jobs were final, before their events went out,
+    # leaves rows nobody prints: the lane is taken over for them all the same.
+    async with start_service(database_url=postgres_url, replica_lease_seconds=3) as service:
+        lane, job_id = unique("orphan"), unique("job")
+        queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+        listener = Listener(amqp, queue)
+        await listener.bind_job(job_id)
+        body = json.dumps({"jobId": job_id, "status": "finished", "sequence": 3}).encode()
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO outbox (message_id, kind, routing_key, order_key, body, "
+                "correlation_id, label, received_at, enqueued_at, lane) VALUES "
+                "(%s, 'printJobEvent', %s, %s, %s, 'c', 'finished', NULL, 1.0, %s)",
+                (str(uuid.uuid4()), f"events/{job_id}", job_id, body, lane),
+            )
+        received = await listener.next(timeout=10)
+        assert received.body["jobId"] == job_id
+        assert service.coordinator.owns(lane)
+        assert await eventually(lambda: published(service) == 1)
