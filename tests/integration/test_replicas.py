@@ -188,3 +188,36 @@ async def test_a_lane_left_with_unsent_events_and_no_work_is_taken_over_and_publ
         assert received.body["jobId"] == job_id
         assert service.coordinator.owns(lane)
         assert await eventually(lambda: published(service) == 1)
+
+
+async def test_publishing_moves_with_a_lane_when_its_holder_stops(
+    start_service: ServiceFactory,
+    amqp: Any,
+    publisher: Publisher,
+    postgres_url: str,
+):
+    async with start_service(database_url=postgres_url, print_duration=0.05) as a:
+        queue_id = unique("q")
+        queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
+        listener = Listener(amqp, queue)
+        before, after = unique("before"), unique("after")
+        for job_id in (before, after):
+            await listener.bind_job(job_id)
+        async with start_service(
+            database_url=postgres_url, print_duration=0.05, mqtt_commands_topic="other/+"
+        ) as b:
+            assert await b.coordinator.claim(queue_id)
+            await publisher.raw(
+                f"other/{queue_id}",
+                json.dumps({"jobId": before}).encode(),
+                user_properties={"x-message-type": "createPrintJob"},
+            )
+            assert statuses(await listener.collect(3)) == ["created", "started", "finished"]
+            assert await eventually(lambda: published(b) == 3)
+        # B gave the lane back on its way out; A takes it with the next job, and publishes.
+        await publisher.create(queue_id, after)
+        events = await listener.collect(3)
+        assert statuses(events) == ["created", "started", "finished"]
+        assert {e.body["jobId"] for e in events} == {after}
+        assert await eventually(lambda: published(a) == 3)
+        assert a.coordinator.owns(queue_id)

@@ -588,6 +588,32 @@ async def test_leases_retry_with_growing_pauses_and_give_up_once_stopping(
     await coordinator.run(stopping)
     assert pauses == [0.001, 0.002, 0.004]
     assert not coordinator.owns(leases.RELAY_LANE)
+    assert coordinator.outbox_lanes().empty  # and it publishes nothing
+
+
+async def test_leases_publish_the_lanes_held_and_the_rows_of_none_with_the_relay_lane(
+    postgres_url: str,
+):
+    store = PostgresStore(postgres_url, pool_size=1)
+    await store.open()  # the schema
+    await store.close()
+    stopping = asyncio.Event()
+    coordinator = leases.PostgresLeases(
+        postgres_url, instance="replica-a", lease_seconds=3, lane_of=str
+    )
+    assert coordinator.outbox_lanes().empty  # no lease yet
+    running = asyncio.create_task(coordinator.run(stopping))
+    try:
+        async with asyncio.timeout(5):
+            while not coordinator.owns(leases.RELAY_LANE):
+                await asyncio.sleep(0.01)
+        assert coordinator.outbox_lanes() == lanes(unlaned=True)
+        assert await coordinator.claim("q1")
+        assert coordinator.outbox_lanes() == lanes("q1", unlaned=True)
+    finally:
+        stopping.set()
+        await running
+    assert coordinator.outbox_lanes().empty  # given back
 
 
 async def test_a_held_job_keeps_its_hold_across_a_restart_and_forgets_it_once_released(
