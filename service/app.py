@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -31,7 +31,7 @@ from service.adapters.keyfile import KeyFile
 from service.adapters.mqtt import IngressOptions, MqttIngress
 from service.adapters.printers.directory import Printers
 from service.adapters.solo import Solo
-from service.adapters.store.leases import RELAY_LANE, PostgresLeases
+from service.adapters.store.leases import PostgresLeases
 from service.adapters.store.memory import MemoryStore
 from service.adapters.store.postgres import PostgresStore
 from service.adapters.store.sqlite import SqliteStore
@@ -47,7 +47,7 @@ from service.core.access import AccessConfigError
 from service.core.codec import CommandDecoder
 from service.core.queues import QueueMap
 from service.metrics import Metrics
-from service.ports import Coordinator, JobStore, StoreError
+from service.ports import Coordinator, JobStore, OutboxLanes, StoreError
 from service.tls import amqp_ssl_context
 
 __all__ = ["Service", "open_store"]
@@ -74,7 +74,7 @@ class Service:
         self.metrics = Metrics(registry or CollectorRegistry())
         self.stopping = asyncio.Event()
         self.queues = queues
-        self.store = open_store(settings)
+        self.store = open_store(settings, lane_of=lambda queue_id: _lane_of(queues, queue_id))
         self.coordinator = _coordinator(settings, self.store, self.queues)
         self.publisher = AmqpPublisher(
             url=settings.amqp,
@@ -89,7 +89,7 @@ class Service:
             metrics=self.metrics,
             concurrency=settings.publish_concurrency,
             max_refusals=settings.dead_letter_after,
-            leading=lambda: self.coordinator.owns(RELAY_LANE),
+            lanes=_outbox_lanes(self.coordinator),
             tracer=tracer,
         )
         self.store.on_commit(self.relay.wake)
@@ -320,13 +320,28 @@ def _coordinator(settings: Settings, store: JobStore, queues: QueueMap) -> Coord
             settings.database_url,
             instance=settings.mqtt_client_id,
             lease_seconds=settings.lease_seconds,
-            lane_of=lambda queue_id: queues.lane(queue_id) or queue_id,
+            lane_of=lambda queue_id: _lane_of(queues, queue_id),
         )
     return Solo(settings.mqtt_client_id)
 
 
-def open_store(settings: Settings) -> JobStore:
-    """The store `DATABASE_URL` names (not yet opened)."""
+def _lane_of(queues: QueueMap, queue_id: str) -> str:
+    """The lane that prints `queue_id`'s jobs: the coordinator's lanes and the outbox's."""
+    return queues.lane(queue_id) or queue_id
+
+
+def _outbox_lanes(coordinator: Coordinator) -> Callable[[], OutboxLanes | None]:
+    """What the relay publishes: the rows of the lanes this replica holds, or every row
+    when it runs alone."""
+    if isinstance(coordinator, PostgresLeases):
+        return coordinator.outbox_lanes
+    return lambda: None
+
+
+def open_store(settings: Settings, *, lane_of: Callable[[str], str] | None = None) -> JobStore:
+    """The store `DATABASE_URL` names (not yet opened); `lane_of` gives the lane of a job's
+    outbox rows from its queue (the queue itself unless given)."""
+    lanes = lane_of or (lambda queue_id: queue_id)
     url = settings.database_url
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(
@@ -334,11 +349,13 @@ def open_store(settings: Settings) -> JobStore:
             open_timeout=settings.store_open_timeout,
             notify_as=settings.mqtt_client_id,
             idle_limit=settings.lease_seconds / 4,
+            lane_of=lanes,
         )
     if (path := settings.sqlite_path) is not None:
         return SqliteStore(
             path,
             synchronous=settings.store_synchronous,
             commit_delay=settings.store_commit_delay,
+            lane_of=lanes,
         )
-    return MemoryStore()
+    return MemoryStore(lane_of=lanes)

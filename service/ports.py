@@ -36,6 +36,7 @@ __all__ = [
     "NoTracing",
     "OnProgress",
     "OnSubmitted",
+    "OutboxLanes",
     "OutboxRecord",
     "PrintOutcome",
     "PrintRequest",
@@ -90,11 +91,30 @@ class LaneLost(StoreError):  # noqa: N818 - a state, not a bug
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
-    """An outbox row: `position` orders rows and identifies them for `mark_sent`."""
+    """An outbox row: `position` orders rows and identifies them for `mark_sent`; `lane` is
+    the lane of the job whose event it is (None: no lane, a reply or a printer's status)."""
 
     position: int
     message: Outgoing
     enqueued_at: float
+    lane: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLanes:
+    """The outbox rows a replica publishes: those of the lanes it holds, and with `unlaned`
+    (it holds the relay's lane) the rows of no lane. A replica alone publishes every row,
+    and says so with None instead."""
+
+    held: frozenset[str]
+    unlaned: bool
+
+    def admits(self, lane: str | None) -> bool:
+        return self.unlaned if lane is None else lane in self.held
+
+    @property
+    def empty(self) -> bool:
+        return not (self.unlaned or self.held)
 
 
 class StoreTransaction(Protocol):
@@ -202,11 +222,18 @@ class JobStore(Protocol):
         it joins."""
         ...
 
-    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+    async def unsent(
+        self, limit: int, *, after: int = 0, lanes: OutboxLanes | None = None
+    ) -> Sequence[OutboxRecord]:
         """Committed messages not yet marked sent, oldest first.
 
         `after` is a hint: a store whose positions are assigned in commit order returns only
         rows past it; one that cannot promise that (PostgreSQL) returns from the oldest.
+
+        With `lanes`, only the rows those admit, and of those only the ones with no earlier
+        unsent row of the same order key outside `lanes` (a job moved between lanes: its
+        later events wait until its earlier ones, another replica's, are sent). A row held
+        back so is older than rows returned before it: with `lanes`, `after` is not used.
         """
         ...
 

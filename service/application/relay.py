@@ -17,6 +17,13 @@ fails every publish in flight with it: after such a round the failed rows are pu
 again one at a time, so that a refusal is the message's own, and a message refused
 `max_refusals` times alone is parked. Store failures (reading the outbox, marking rows sent)
 are retried with backoff; the relay stops only when the service does.
+
+Replicas share the publishing by lane: each relay reads the rows of the lanes its replica
+holds (`lanes`; the holder of the relay's own lane also the rows of no lane), so a job's
+events have one publisher at a time. A row of a lane this replica no longer holds is not
+published, nor is anything after it in its job's chain: they are abandoned (left in the
+outbox, for the lane's new holder, which publishes a job's rows from its oldest unsent one;
+at worst a message goes out twice, never out of its job's order).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum, auto
 
 import structlog
 
@@ -37,6 +45,7 @@ from service.ports import (
     DeadLetter,
     EventPublisher,
     JobStore,
+    OutboxLanes,
     OutboxRecord,
     PublishRefused,
     StoreError,
@@ -49,7 +58,7 @@ __all__ = ["OutboxRelay"]
 log = structlog.get_logger(__name__)
 
 _MARK_EVERY = 0.02  # seconds between batched mark_sent calls
-_FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica publishes now
+_FOLLOWER_WAIT = 0.1  # seconds between checks whether this replica holds lanes now
 # A publish span's error when the broker did not take the message (it is retried or parked).
 _NOT_PUBLISHED = RuntimeError("not published: retried later, or parked as a dead letter")
 
@@ -57,6 +66,18 @@ _NOT_PUBLISHED = RuntimeError("not published: retried later, or parked as a dead
 def _retry_backoff() -> Backoff:
     """The pauses of each retry loop (publishing, reading the outbox, marking rows sent)."""
     return Backoff(first=0.1, cap=5.0)
+
+
+class _Outcome(Enum):
+    """How a row's publish ended; its job's next row goes on only after `published`."""
+
+    published = auto()  # confirmed by the broker, or parked as a dead letter
+    failed = auto()  # taken again, in the next retry round
+    abandoned = auto()  # its lane was lost: the lane's new holder publishes it
+
+
+def _every_row() -> OutboxLanes | None:
+    return None
 
 
 @dataclass(slots=True)
@@ -84,15 +105,15 @@ class OutboxRelay:
         concurrency: int,
         batch_size: int = 1000,
         max_refusals: int = 3,
-        leading: Callable[[], bool] = lambda: True,
+        lanes: Callable[[], OutboxLanes | None] = _every_row,
         backoff: Callable[[], Backoff] | None = None,
         tracer: Tracer = NO_TRACING,
     ) -> None:
         self._tracer = tracer
         self._store = store
         self._max_refusals = max_refusals
-        # With several replicas, one publishes (so one job's events keep their order).
-        self._leading = leading
+        # With several replicas, the rows this one publishes now (None: every row, alone).
+        self._lanes = lanes
         self._publisher = publisher
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
@@ -107,7 +128,8 @@ class OutboxRelay:
         # A read of unsent rows must not overlap marking rows sent: a read that began before
         # the rows were deleted would hand them back just after they left `_taken`.
         self._reading = asyncio.Lock()
-        self._tails: dict[str, asyncio.Task[bool]] = {}
+        self._tails: dict[str, asyncio.Task[_Outcome]] = {}
+        self._rewind: int | None = None  # read again from here: rows abandoned meanwhile
         self._confirmed: list[int] = []
         self._failures = _Failures()
         self._republish: set[str] = set()  # message ids whose publish failed at least once
@@ -152,14 +174,15 @@ class OutboxRelay:
                 await self._settle()
                 await self._retry_from_failure(stopping)
                 continue
-            if not self._leading():
+            lanes = self._lanes()
+            if lanes is not None and lanes.empty:
                 if stopping.is_set() and not self._tails:
                     return
                 await sleep_unless(stopping, _FOLLOWER_WAIT)
                 continue
             self._wakeup.clear()
             try:
-                records = await self._read_unsent()
+                records = await self._read_unsent(lanes)
             except StoreError as exc:
                 pause = reads.delay()
                 log.warning("outbox_read_failed", error=str(exc), retry_in_s=pause)
@@ -176,10 +199,25 @@ class OutboxRelay:
                     return
             await first_of(self._wakeup.wait(), stopping.wait(), asyncio.sleep(_MARK_EVERY))
 
-    async def _read_unsent(self) -> list[OutboxRecord]:
+    async def _read_unsent(self, lanes: OutboxLanes | None) -> list[OutboxRecord]:
         async with self._reading:
-            fetched = await self._store.unsent(self._batch_size, after=self._cursor)
+            if self._rewind is not None:
+                self._cursor, self._rewind = min(self._cursor, self._rewind), None
+            fetched = await self._store.unsent(self._batch_size, after=self._cursor, lanes=lanes)
             return [r for r in fetched if r.position not in self._taken]
+
+    def _holds(self, lane: str | None) -> bool:
+        """Whether this replica may publish a row of `lane` now."""
+        lanes = self._lanes()
+        return lanes is None or lanes.admits(lane)
+
+    def _abandon(self, record: OutboxRecord) -> _Outcome:
+        """Leave `record` to its lane's new holder; read from it again if the lane returns."""
+        self._taken.discard(record.position)
+        position = record.position - 1
+        self._rewind = position if self._rewind is None else min(self._rewind, position)
+        log.debug("publish_abandoned", lane=record.lane, position=record.position)
+        return _Outcome.abandoned
 
     async def _take(self, records: list[OutboxRecord]) -> None:
         """Start publishing `records`, one at a time where a refusal must be traced."""
@@ -207,18 +245,29 @@ class OutboxRelay:
         self._tails[key] = task
         task.add_done_callback(lambda done: self._finished(key, done))
 
-    def _finished(self, key: str, task: asyncio.Task[bool]) -> None:
+    def _finished(self, key: str, task: asyncio.Task[_Outcome]) -> None:
         self._slots.release()
         if self._tails.get(key) is task:
             del self._tails[key]
 
-    async def _publish(self, record: OutboxRecord, previous: asyncio.Task[bool] | None) -> bool:
-        if previous is not None and not await asyncio.shield(previous):
-            self._failures.add(record.position)  # keep the job's order: not before its predecessor
-            return False
+    async def _publish(
+        self, record: OutboxRecord, previous: asyncio.Task[_Outcome] | None
+    ) -> _Outcome:
+        # Keep the job's order: not before its predecessor, nor once the lane is lost.
+        if previous is not None:
+            before = await asyncio.shield(previous)
+            if before is _Outcome.abandoned:
+                return self._abandon(record)
+            if before is _Outcome.failed:
+                self._failures.add(record.position)
+                return _Outcome.failed
+        if not self._holds(record.lane):
+            return self._abandon(record)
         if self._tracer.enabled:
-            return await self._publish_traced(record)
-        return await self._publish_now(record)
+            published = await self._publish_traced(record)
+        else:
+            published = await self._publish_now(record)
+        return _Outcome.published if published else _Outcome.failed
 
     async def _publish_traced(self, record: OutboxRecord) -> bool:
         """Publish in a `publish` span, child of the command's trace; the message carries
@@ -238,7 +287,7 @@ class OutboxRelay:
             },
         )
         traced = OutboxRecord(
-            record.position, with_trace(message, span.context), record.enqueued_at
+            record.position, with_trace(message, span.context), record.enqueued_at, record.lane
         )
         try:
             published = await self._publish_now(traced)

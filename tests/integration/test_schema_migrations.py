@@ -16,6 +16,7 @@ from service.adapters.store.postgres import PostgresStore
 from service.adapters.store.sqlite import SqliteStore
 from service.core import jobs
 from service.models import CreatePrintJob
+from service.ports import OutboxLanes
 from tests.unit.test_schema import OLD_POSTGRES, OLD_SQLITE, statements
 
 
@@ -100,6 +101,34 @@ async def test_an_sqlite_database_at_each_released_version_migrates(tmp_path: Pa
     assert sqlite_schema(old)[1] == released_versions(OLD_SQLITE)
 
 
+# An outbox row as the code before lanes wrote it (no lane column yet).
+OLD_OUTBOX_ROW = (
+    "INSERT INTO outbox (message_id, kind, routing_key, order_key, body, correlation_id, "
+    "label, received_at, enqueued_at) VALUES ('m-1', 'printJobEvent', 'events/j-1', 'j-1', "
+    "{body}, 'c', 'created', NULL, 1.0)"
+)
+NO_LANE = OutboxLanes(held=frozenset(), unlaned=True)
+A_LANE = OutboxLanes(held=frozenset({"q1"}), unlaned=False)
+
+
+async def test_sqlite_rows_written_before_lanes_are_the_relay_lanes(tmp_path: Path):
+    old = tmp_path / "old.db"
+    sqlite_released(old, len(OLD_SQLITE) - 1)
+    conn = sqlite3.connect(old, isolation_level=None)
+    try:
+        conn.execute(OLD_OUTBOX_ROW.format(body="X'7b7d'"))
+    finally:
+        conn.close()
+    store = SqliteStore(old, commit_delay=0.001)
+    await store.open()
+    try:
+        assert [r.lane for r in await store.unsent(10)] == [None]
+        assert [r.message.message_id for r in await store.unsent(10, lanes=NO_LANE)] == ["m-1"]
+        assert await store.unsent(10, lanes=A_LANE) == []
+    finally:
+        await store.close()
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
@@ -166,3 +195,17 @@ async def test_a_postgres_database_at_each_released_version_migrates(postgres_ur
 
     assert migrated == expected
     assert migrated[2] == released_versions(OLD_POSTGRES)
+
+
+async def test_postgres_rows_written_before_lanes_are_the_relay_lanes(postgres_url: str):
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await pg_released(conn, len(OLD_POSTGRES) - 1)
+        await conn.execute(OLD_OUTBOX_ROW.format(body="'\\x7b7d'::bytea").encode())
+    store = PostgresStore(postgres_url, pool_size=2)
+    await store.open()
+    try:
+        assert [r.lane for r in await store.unsent(10)] == [None]
+        assert [r.message.message_id for r in await store.unsent(10, lanes=NO_LANE)] == ["m-1"]
+        assert await store.unsent(10, lanes=A_LANE) == []
+    finally:
+        await store.close()

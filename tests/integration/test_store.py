@@ -23,9 +23,9 @@ from service.adapters.store.postgres import _Transaction as PostgresTransaction
 from service.adapters.store.sqlite import SqliteStore
 from service.core import jobs
 from service.core.backoff import Backoff
-from service.core.events import job_event
+from service.core.events import counts_event, job_event
 from service.models import CreatePrintJob, JobStatus, UpdatePrintJob
-from service.ports import JobStore, LaneLost, StoreError, StoreTransaction
+from service.ports import JobStore, LaneLost, OutboxLanes, StoreError, StoreTransaction
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -588,6 +588,32 @@ async def test_leases_retry_with_growing_pauses_and_give_up_once_stopping(
     await coordinator.run(stopping)
     assert pauses == [0.001, 0.002, 0.004]
     assert not coordinator.owns(leases.RELAY_LANE)
+    assert coordinator.outbox_lanes().empty  # and it publishes nothing
+
+
+async def test_leases_publish_the_lanes_held_and_the_rows_of_none_with_the_relay_lane(
+    postgres_url: str,
+):
+    store = PostgresStore(postgres_url, pool_size=1)
+    await store.open()  # the schema
+    await store.close()
+    stopping = asyncio.Event()
+    coordinator = leases.PostgresLeases(
+        postgres_url, instance="replica-a", lease_seconds=3, lane_of=str
+    )
+    assert coordinator.outbox_lanes().empty  # no lease yet
+    running = asyncio.create_task(coordinator.run(stopping))
+    try:
+        async with asyncio.timeout(5):
+            while not coordinator.owns(leases.RELAY_LANE):
+                await asyncio.sleep(0.01)
+        assert coordinator.outbox_lanes() == lanes(unlaned=True)
+        assert await coordinator.claim("q1")
+        assert coordinator.outbox_lanes() == lanes("q1", unlaned=True)
+    finally:
+        stopping.set()
+        await running
+    assert coordinator.outbox_lanes().empty  # given back
 
 
 async def test_a_held_job_keeps_its_hold_across_a_restart_and_forgets_it_once_released(
@@ -624,3 +650,96 @@ async def test_a_held_job_keeps_its_hold_across_a_restart_and_forgets_it_once_re
         assert (stored.hold_until, stored.hold_expires_at, stored.pin_hash) == (None, None, None)
     finally:
         await reopened.close()
+
+
+# --- the outbox shared by lane (issue 15) ------------------------------------------------------
+
+
+def lanes(*held: str, unlaned: bool = False) -> OutboxLanes:
+    return OutboxLanes(held=frozenset(held), unlaned=unlaned)
+
+
+async def marked_sent(store: JobStore, positions: list[int]) -> None:
+    """Mark `positions` sent and wait until it is committed (SQLite does not wait)."""
+    depth = store.outbox_depth
+    await store.mark_sent(positions)
+    await aio.first_of(asyncio.sleep(2.0), _depth_below(store, depth - len(positions) + 1))
+    assert store.outbox_depth == depth - len(positions)
+
+
+async def _depth_below(store: JobStore, limit: int) -> None:
+    while store.outbox_depth >= limit:
+        await asyncio.sleep(0.005)
+
+
+async def test_unsent_of_lanes_returns_their_rows_and_with_the_relay_lane_those_of_none(
+    store: JobStore,
+):
+    in_q1, in_q2 = a_job(), dataclasses.replace(a_job(), queue_id="q2")
+    async with store.apply_commands() as tx:
+        tx.put(in_q1)
+        tx.emit(event_of(in_q1))  # a command's: the lane of the job's queue
+        tx.emit(
+            counts_event(
+                "q1", {}, event_id=uuid.uuid4(), correlation_id="c", received_at=None, now=T0
+            )
+        )  # a reply: no lane
+    await tx.durable
+    async with store.transaction(lane="q2") as tx:  # a dispatcher's: its lane
+        tx.put(in_q2)
+        tx.emit(event_of(in_q2))
+    everything = await store.unsent(10)
+    assert [(r.lane, r.message.kind.value) for r in everything] == [
+        ("q1", "printJobEvent"),
+        (None, "printCounts"),
+        ("q2", "printJobEvent"),
+    ]
+
+    def keys(records) -> list[str]:
+        return [r.message.order_key for r in records]
+
+    assert keys(await store.unsent(10, lanes=lanes("q1"))) == [in_q1.job_id]
+    assert keys(await store.unsent(10, lanes=lanes("q2", unlaned=True))) == [
+        "counts/q1",
+        in_q2.job_id,
+    ]
+    assert keys(await store.unsent(10, lanes=lanes(unlaned=True))) == ["counts/q1"]
+    assert await store.unsent(10, lanes=lanes()) == []
+    assert keys(await store.unsent(1, lanes=lanes("q1", "q2"))) == [in_q1.job_id]
+    # A status reply: the job read, not written, and its event in the job's lane.
+    async with store.apply_commands() as tx:
+        seen = await tx.get(in_q2.job_id)
+        assert seen is not None
+        tx.emit(event_of(seen))
+    await tx.durable  # SQLite: published once committed
+    assert [r.lane for r in await store.unsent(10, lanes=lanes("q2"))] == ["q2", "q2"]
+
+
+async def test_a_moved_jobs_rows_wait_for_its_earlier_ones_in_the_old_lane(store: JobStore):
+    job = a_job()
+    other = dataclasses.replace(a_job(), queue_id="q2")
+    async with store.apply_commands() as tx:
+        tx.put(job)
+        tx.emit(event_of(job))
+    moved = jobs.move(job, to_queue="q2", now=T0)
+    assert isinstance(moved, jobs.Job)
+    async with store.apply_commands() as tx:
+        tx.put(moved)
+        tx.emit(event_of(moved))
+        tx.put(other)
+        tx.emit(event_of(other))
+    await tx.durable
+    # q2's holder: the moved job's event waits for its created one, q1's holder's.
+    assert [r.message.order_key for r in await store.unsent(10, lanes=lanes("q2"))] == [
+        other.job_id
+    ]
+    # Holding both, all of it, in order (the relay chains them).
+    both = await store.unsent(10, lanes=lanes("q1", "q2"))
+    assert [(r.lane, r.message.order_key) for r in both] == [
+        ("q1", job.job_id),
+        ("q2", job.job_id),
+        ("q2", other.job_id),
+    ]
+    await marked_sent(store, [both[0].position])  # q1's holder published it
+    after = await store.unsent(10, lanes=lanes("q2"))
+    assert [r.position for r in after] == [both[1].position, both[2].position]

@@ -65,7 +65,7 @@ class FaultyStore(MemoryStore):
                 raise exc  # the memory store then discards the whole transaction
 
     def outbox(self) -> list[Outgoing]:
-        return [message for message, _ in self._outbox.values()]
+        return [message for message, _, _ in self._outbox.values()]
 
 
 class NoPrinters:

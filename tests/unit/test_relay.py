@@ -24,7 +24,14 @@ from service.application.relay import OutboxRelay
 from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
-from service.ports import DeadLetter, OutboxRecord, PublishRefused, StoreError, Unpublishable
+from service.ports import (
+    DeadLetter,
+    OutboxLanes,
+    OutboxRecord,
+    PublishRefused,
+    StoreError,
+    Unpublishable,
+)
 
 WAIT: Final = 2.0  # seconds: the most any condition below may take
 
@@ -44,11 +51,13 @@ class FlakyStore(MemoryStore):
         self.mark_calls = 0
         self.park_calls = 0
 
-    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+    async def unsent(
+        self, limit: int, *, after: int = 0, lanes: OutboxLanes | None = None
+    ) -> Sequence[OutboxRecord]:
         self.unsent_calls += 1
         if self.unsent_failures:
             raise self.unsent_failures.pop(0)
-        return await super().unsent(limit, after=after)
+        return await super().unsent(limit, after=after, lanes=lanes)
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         self.mark_calls += 1
@@ -155,7 +164,7 @@ def a_relay(
     concurrency: int = 8,
     max_refusals: int = 3,
     backoff: Callable[[], Backoff] | None = None,
-    leading: Callable[[], bool] = lambda: True,
+    lanes: Callable[[], OutboxLanes | None] = lambda: None,
 ) -> tuple[OutboxRelay, Metrics]:
     metrics = Metrics(CollectorRegistry())
     relay = OutboxRelay(
@@ -164,7 +173,7 @@ def a_relay(
         metrics=metrics,
         concurrency=concurrency,
         max_refusals=max_refusals,
-        leading=leading,
+        lanes=lanes,
         backoff=backoff,
     )
     store.on_commit(relay.wake)
@@ -575,11 +584,11 @@ async def test_a_follower_publishes_nothing_until_it_leads() -> None:
     leads = [False]
     asked = [0]
 
-    def leading() -> bool:
+    def lanes() -> OutboxLanes:
         asked[0] += 1
-        return leads[0]
+        return OutboxLanes(held=frozenset(), unlaned=leads[0])
 
-    relay, _ = a_relay(store, publisher, leading=leading)
+    relay, _ = a_relay(store, publisher, lanes=lanes)
     await commit(store, [a_message("job-1")])
     stopping = asyncio.Event()
     task = start(relay, stopping)
@@ -587,7 +596,7 @@ async def test_a_follower_publishes_nothing_until_it_leads() -> None:
     assert publisher.attempts == []
     assert store.unsent_calls == 0  # a follower does not even read the outbox
 
-    leads[0] = True  # the lease came to this replica
+    leads[0] = True  # the relay's lane came to this replica (the row has no lane)
     await eventually(lambda: store.outbox_depth == 0, "published once leading")
     await stop(task, stopping)
     assert len(publisher.published) == 1

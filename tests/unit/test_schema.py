@@ -80,6 +80,11 @@ OLD_SQLITE: Final = (
     ALTER TABLE outbox ADD COLUMN traceparent TEXT;
     ALTER TABLE outbox ADD COLUMN tracestate TEXT
     """,
+    """
+    ALTER TABLE outbox ADD COLUMN lane TEXT;
+    CREATE INDEX outbox_by_lane ON outbox (lane, position);
+    CREATE INDEX outbox_by_order_key ON outbox (order_key, position)
+    """,
 )
 
 
@@ -162,6 +167,11 @@ OLD_POSTGRES: Final = (
     """
     ALTER TABLE outbox ADD COLUMN traceparent TEXT;
     ALTER TABLE outbox ADD COLUMN tracestate TEXT
+    """,
+    """
+    ALTER TABLE outbox ADD COLUMN lane TEXT;
+    CREATE INDEX outbox_by_lane ON outbox (lane, position);
+    CREATE INDEX outbox_by_order_key ON outbox (order_key, position)
     """,
 )
 

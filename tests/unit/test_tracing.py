@@ -237,9 +237,9 @@ def test_a_bad_stored_context_costs_the_trace_not_the_event() -> None:
     "trace", [None, TraceContext(TRACEPARENT), TraceContext(TRACEPARENT, "a=b")]
 )
 def test_an_outbox_row_keeps_the_trace_context(trace: TraceContext | None) -> None:
-    row = outbox_row(an_outgoing(trace), 12.5)
+    row = outbox_row(an_outgoing(trace), 12.5, "lane-1")
     assert outgoing_from_row((1, *row)) == an_outgoing(trace)
-    assert outgoing_from_row((1, *row[:-3], "garbage", "a=b", 12.5)).trace is None
+    assert outgoing_from_row((1, *row[:-4], "garbage", "a=b", 12.5, "lane-1")).trace is None
 
 
 async def test_a_job_row_keeps_the_trace_context_for_its_print(

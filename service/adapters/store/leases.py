@@ -3,8 +3,9 @@
 Each replica holds a lease (a row in `replicas`, renewed every third of its length). A lane
 (a queue and its printers) is printed by the replica named in `lanes`, and only while that
 replica's lease is valid: so a job is printed by exactly one replica, and a printer is
-driven by one. The outbox relay is a lane too (`@relay`): one replica publishes, so one
-job's events keep their order.
+driven by one. Each replica publishes the outbox rows of the lanes it holds, so one job's
+events have one publisher and keep their order; the relay's own lane (`@relay`) is for the
+rows of no lane (replies, rejections, printer statuses, and rows written before lanes).
 
 A replica whose lease lapsed, or that was declared dead by its MQTT last will, loses its
 lanes; the others take them over at their next scan (every renewal, and at once on a last
@@ -29,7 +30,7 @@ from psycopg.rows import TupleRow
 
 from service.aio import first_of, sleep_unless
 from service.core.backoff import Backoff
-from service.ports import LaneCallback, StoreError
+from service.ports import LaneCallback, OutboxLanes, StoreError
 
 __all__ = ["JOB_CHANNEL", "RELAY_LANE", "PostgresLeases", "notify_payloads"]
 
@@ -40,6 +41,7 @@ JOB_CHANNEL: Final = "print_jobs"
 RELAY_LANE: Final = "@relay"
 # Stop taking jobs this long before the lease ends, for clock drift and a slow renewal.
 _MARGIN: Final = 0.2
+_NOTHING: Final = OutboxLanes(held=frozenset(), unlaned=False)
 
 _CLAIM: Final = """
     INSERT INTO lanes (lane, owner) VALUES (%(lane)s, %(me)s)
@@ -73,6 +75,7 @@ class PostgresLeases:
         self._lease = lease_seconds
         self._lane_of = lane_of
         self._owned: set[str] = set()
+        self._publishing: OutboxLanes | None = None  # built from `_owned` when it changes
         self._valid_until = 0.0  # monotonic: the lease as this replica last renewed it
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._lock = asyncio.Lock()
@@ -83,6 +86,22 @@ class PostgresLeases:
 
     def owns(self, lane: str) -> bool:
         return lane in self._owned and time.monotonic() < self._valid_until - _MARGIN
+
+    def outbox_lanes(self) -> OutboxLanes:
+        """The outbox rows this replica publishes now: its lanes' (none once its lease is
+        in doubt, like `owns`), and with the relay's lane the rows of no lane. Asked for
+        every row the relay publishes: a check of the clock, then the same value."""
+        if time.monotonic() >= self._valid_until - _MARGIN:
+            return _NOTHING
+        if self._publishing is None:
+            self._publishing = OutboxLanes(
+                held=frozenset(self._owned - {RELAY_LANE}), unlaned=RELAY_LANE in self._owned
+            )
+        return self._publishing
+
+    def _forget_lanes(self) -> None:
+        self._owned.clear()
+        self._publishing = None
 
     def subscribe(
         self, *, gained: LaneCallback, lost: LaneCallback, job_changed: JobCallback
@@ -108,6 +127,7 @@ class PostgresLeases:
 
     def _gain(self, lane: str) -> None:
         self._owned.add(lane)
+        self._publishing = None
         log.info("lane_claimed", lane=lane, instance=self.instance)
 
     async def replica_died(self, instance: str) -> None:
@@ -169,7 +189,7 @@ class PostgresLeases:
         """Start a new lease; lanes held under an old one are given up first."""
         if self._owned:
             lost = sorted(self._owned)
-            self._owned.clear()
+            self._forget_lanes()
             log.warning("lease_lost", instance=self.instance, lanes=lost)
             self._on_lost(lost)
         await self._execute(
@@ -185,16 +205,20 @@ class PostgresLeases:
         log.info("lease_started", instance=self.instance, seconds=self._lease)
 
     async def _scan(self) -> None:
-        """Claim the relay and every lane with unfinished jobs that no live replica holds."""
+        """Claim the relay and every lane with unfinished jobs or unsent outbox rows (a dead
+        replica's last events) that no live replica holds."""
         try:
             rows = await self._execute(
                 "SELECT DISTINCT queue_id FROM jobs WHERE status IN ('created', 'started', 'held')",
                 {},
             )
+            unsent = await self._execute(
+                "SELECT DISTINCT lane FROM outbox WHERE lane IS NOT NULL", {}
+            )
         except StoreError as exc:
             log.warning("lane_scan_failed", error=str(exc))
             return
-        lanes = {RELAY_LANE} | {self._lane_of(row[0]) for row in rows}
+        lanes = {RELAY_LANE} | {self._lane_of(row[0]) for row in rows} | {r[0] for r in unsent}
         gained = []
         for lane in sorted(lanes - self._owned):
             try:
@@ -247,7 +271,7 @@ class PostgresLeases:
 
     async def _release(self) -> None:
         """A clean stop: give the lanes back and tell the others to take them."""
-        self._owned.clear()
+        self._forget_lanes()
         with contextlib.suppress(StoreError):
             await self._execute(
                 "UPDATE lanes SET owner = NULL WHERE owner = %(i)s", {"i": self.instance}

@@ -12,16 +12,16 @@ import dataclasses
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 
-from service.adapters.store.pending import documents_to_drop
+from service.adapters.store.pending import LaneOf, documents_to_drop, outbox_lane
 from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.core.listing import JobQuery, PageKey
 from service.models import JobStatus
-from service.ports import DeadLetter, OutboxRecord
+from service.ports import DeadLetter, OutboxLanes, OutboxRecord
 
 __all__ = ["MemoryStore", "page_of"]
 
@@ -32,10 +32,19 @@ class _Transaction:
         self.writes: dict[str, Job] = {}
         self.documents: dict[str, bytes] = {}
         self.messages: list[Outgoing] = []
+        self.queue_of: dict[str, str] = {}  # job id: queue id, of the jobs it read
         self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def get(self, job_id: str) -> Job | None:
-        return self.writes.get(job_id) or self._jobs.get(job_id)
+        job = self.writes.get(job_id) or self._jobs.get(job_id)
+        if job is not None:
+            self.queue_of[job_id] = job.queue_id
+        return job
+
+    def lane(self, message: Outgoing, *, fenced: str | None, lane_of: LaneOf) -> str | None:
+        job = self.writes.get(message.order_key)
+        queue_id = job.queue_id if job is not None else self.queue_of.get(message.order_key)
+        return outbox_lane(message, fenced=fenced, queue_id=queue_id, lane_of=lane_of)
 
     def put(self, job: Job) -> None:
         self.writes[job.job_id] = job
@@ -56,6 +65,18 @@ class _Transaction:
         self.messages.append(message)
 
 
+def _of_lanes(rows: Iterable[OutboxRecord], lanes: OutboxLanes) -> Iterator[OutboxRecord]:
+    """The rows `lanes` admits, but none after an earlier row of its order key that `lanes`
+    does not admit (another replica's to publish first)."""
+    elsewhere: set[str] = set()  # order keys with an earlier row outside `lanes`
+    for row in rows:
+        key = row.message.order_key
+        if not lanes.admits(row.lane):
+            elsewhere.add(key)
+        elif key not in elsewhere:
+            yield row
+
+
 def page_of(jobs: Iterable[Job], query: JobQuery) -> list[Job]:
     """The page `query` asks for, among `jobs` (of any queue)."""
     found = [
@@ -71,12 +92,13 @@ def page_of(jobs: Iterable[Job], query: JobQuery) -> list[Job]:
 class MemoryStore:
     """Jobs and outbox in dictionaries; one transaction at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lane_of: LaneOf = lambda queue_id: queue_id) -> None:
         self.healthy = True
+        self._lane_of = lane_of
         self._listeners: list[Callable[[], None]] = []
         self._jobs: dict[str, Job] = {}
         self._documents: dict[str, bytes] = {}
-        self._outbox: dict[int, tuple[Outgoing, float]] = {}
+        self._outbox: dict[int, tuple[Outgoing, float, str | None]] = {}
         self._positions = itertools.count(1)
         self._letters: dict[int, DeadLetter] = {}
         self._letter_ids = itertools.count(1)
@@ -87,7 +109,7 @@ class MemoryStore:
         """Every transaction of this store: it commits at its exit, as durable as it gets.
         `apply_commands` and `record_progress` are this too (so a test's subclass that
         overrides it sees them all)."""
-        del lane  # one replica: it holds every lane
+        # One replica holds every lane: `lane` fences nothing, and names the rows' lane.
         async with self._lock:
             tx = _Transaction(self._jobs)
             yield tx
@@ -97,7 +119,8 @@ class MemoryStore:
                 self._documents.pop(job_id, None)
             now = time.time()
             for message in tx.messages:
-                self._outbox[next(self._positions)] = (message, now)
+                row_lane = tx.lane(message, fenced=lane, lane_of=self._lane_of)
+                self._outbox[next(self._positions)] = (message, now, row_lane)
             tx.durable.set_result(None)
         for listener in self._listeners:
             listener()
@@ -118,12 +141,14 @@ class MemoryStore:
     async def document(self, job_id: str) -> bytes | None:
         return self._documents.get(job_id)
 
-    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
-        rows = ((p, row) for p, row in self._outbox.items() if p > after)
-        return [
-            OutboxRecord(position, message, enqueued_at)
-            for position, (message, enqueued_at) in itertools.islice(rows, limit)
-        ]
+    async def unsent(
+        self, limit: int, *, after: int = 0, lanes: OutboxLanes | None = None
+    ) -> Sequence[OutboxRecord]:
+        rows: Iterator[OutboxRecord] = (OutboxRecord(p, *row) for p, row in self._outbox.items())
+        if lanes is not None:
+            rows = _of_lanes(rows, lanes)
+            after = 0  # a row held back for another lane's is older than those taken
+        return list(itertools.islice((r for r in rows if r.position > after), limit))
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         for position in positions:

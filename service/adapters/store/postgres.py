@@ -23,7 +23,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.adapters.store.leases import notify_payloads
-from service.adapters.store.pending import PendingWrites, documents_to_drop
+from service.adapters.store.pending import LaneOf, PendingWrites, documents_to_drop
 from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
@@ -37,13 +37,20 @@ from service.adapters.store.rows import (
     job_from_row,
     job_row,
     outbox_row,
-    outgoing_from_row,
+    record_from_row,
 )
 from service.adapters.store.schema import POSTGRES, migrations
 from service.core.jobs import Job
 from service.core.listing import JobQuery
 from service.models import JobStatus
-from service.ports import DeadLetter, LaneLost, OutboxRecord, StoreError, StoreRefused
+from service.ports import (
+    DeadLetter,
+    LaneLost,
+    OutboxLanes,
+    OutboxRecord,
+    StoreError,
+    StoreRefused,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -67,6 +74,25 @@ _PURGE: Final = (
     "documents AS (DELETE FROM documents WHERE job_id IN (SELECT job_id FROM doomed)) "
     "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM doomed) RETURNING job_id"
 )
+
+# A relay's rows: those of its lanes (`inside`), unless an earlier row of the same order key
+# is another replica's to publish (`outside`: a job moved between lanes), which goes first.
+_UNSENT: Final = (
+    f"SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE {{inside}} AND NOT EXISTS ("  # noqa: S608
+    "SELECT 1 FROM outbox e WHERE e.order_key = o.order_key AND e.position < o.position "
+    "AND ({outside})) ORDER BY o.position LIMIT %(limit)s"
+)
+_UNSENT_OF_LANES: Final = {
+    # The rows of no lane too (this replica holds the relay's lane).
+    True: _UNSENT.format(
+        inside="(o.lane IS NULL OR o.lane = ANY(%(lanes)s::text[]))",
+        outside="e.lane IS NOT NULL AND e.lane <> ALL(%(lanes)s::text[])",
+    ),
+    False: _UNSENT.format(
+        inside="o.lane = ANY(%(lanes)s::text[])",
+        outside="e.lane IS NULL OR e.lane <> ALL(%(lanes)s::text[])",
+    ),
+}
 
 _FENCE: Final = (
     "SELECT 1 FROM lanes l JOIN replicas r ON r.instance = l.owner "
@@ -103,7 +129,11 @@ class _Transaction(PendingWrites):
             (job_id,),
         )
         row = await cursor.fetchone()
-        return job_from_row(row) if row else None
+        if row is None:
+            return None
+        job = job_from_row(row)
+        self.queue_of[job_id] = job.queue_id  # the lane of an event of it (a status reply)
+        return job
 
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         cursor = await self._conn.execute(
@@ -140,7 +170,7 @@ class _Transaction(PendingWrites):
         cursor = await self._conn.execute(_PURGE, (before, limit))
         return len(await cursor.fetchall())
 
-    async def apply(self) -> None:
+    async def apply(self, *, lane: str | None, lane_of: LaneOf) -> None:
         conn = self._conn
         now = time.time()
         # Checked before anything is sent: a refusal is this transaction's, at once.
@@ -148,8 +178,10 @@ class _Transaction(PendingWrites):
         history_rows = checked(
             [history_row(job, _same) for job in self.jobs.values()], nul_in_text=False
         )
+        lanes = self.message_lanes(fenced=lane, lane_of=lane_of)
         outbox_rows = checked(
-            [outbox_row(message, now) for message in self.messages], nul_in_text=False
+            [outbox_row(m, now, lane) for m, lane in zip(self.messages, lanes, strict=True)],
+            nul_in_text=False,
         )
         letter_rows = checked([dead_letter_row(x) for x in self.letters], nul_in_text=False)
         async with conn.cursor() as cursor:
@@ -178,7 +210,7 @@ class _Transaction(PendingWrites):
             if outbox_rows:
                 await cursor.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     outbox_rows,
                 )
             if self.sent:
@@ -206,8 +238,11 @@ class PostgresStore:
         open_timeout: float = 30.0,
         notify_as: str | None = None,
         idle_limit: float = 30.0,
+        lane_of: LaneOf = lambda queue_id: queue_id,
     ) -> None:
         self._url = url
+        # The lane of a job's outbox rows, from its queue: the relays share them by lane.
+        self._lane_of = lane_of
         # The replica's instance id, sent with a NOTIFY for every job written.
         self._notify_as = notify_as
         limit_ms = int(idle_limit * 1000)
@@ -297,7 +332,7 @@ class PostgresStore:
                     await conn.execute("SET LOCAL synchronous_commit TO off")
                 tx = _Transaction(conn, self._notify_as)
                 yield tx
-                await tx.apply()
+                await tx.apply(lane=lane, lane_of=self._lane_of)
                 if lane is not None and self._notify_as is not None:
                     await self._fence(conn, lane)
         except (LaneLost, StoreRefused):
@@ -351,20 +386,32 @@ class PostgresStore:
             row = await cursor.fetchone()
         return bytes(row[0]) if row else None
 
-    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+    async def unsent(
+        self, limit: int, *, after: int = 0, lanes: OutboxLanes | None = None
+    ) -> Sequence[OutboxRecord]:
         # Concurrent transactions commit out of position order: a row below `after` may
         # become visible later, so the hint is not used.
         del after
         async with self._read() as conn:
-            cursor = await conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY position LIMIT %s",  # noqa: S608
-                (limit,),
-            )
+            if lanes is None:
+                cursor = await conn.execute(
+                    f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY position LIMIT %s",  # noqa: S608
+                    (limit,),
+                )
+            else:
+                cursor = await conn.execute(
+                    _UNSENT_OF_LANES[lanes.unlaned].encode(),
+                    {"lanes": sorted(lanes.held), "limit": limit},
+                )
             rows = await cursor.fetchall()
-        return [OutboxRecord(row[0], outgoing_from_row(row), row[-1]) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # If this is lost, the messages go out again with the same ids: consumers dedupe.
+        # Not fenced by the rows' lanes: a row is marked only once the broker confirmed it,
+        # so it is published whoever holds its lane now, and deleting it spares the new
+        # holder a duplicate (it cannot reorder: the new holder publishes a job's rows from
+        # its oldest unsent one).
         async with self._transaction(relaxed=True, lane=None) as tx:
             tx.sent.extend(positions)
 

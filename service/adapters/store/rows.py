@@ -12,7 +12,7 @@ from service.core.jobs import DocumentRef, Job
 from service.core.text import capped
 from service.core.tracecontext import TraceContext, trace_context
 from service.models import JobStatus, PrintOptions, Priority
-from service.ports import DeadLetter, StoreRefused
+from service.ports import DeadLetter, OutboxRecord, StoreRefused
 
 __all__ = [
     "DEAD_LETTER_COLUMNS",
@@ -28,6 +28,7 @@ __all__ = [
     "job_row",
     "outbox_row",
     "outgoing_from_row",
+    "record_from_row",
 ]
 
 Row = tuple[Any, ...]
@@ -43,7 +44,7 @@ JOB_UPDATES: Final = ", ".join(
 )
 OUTBOX_COLUMNS: Final = (
     "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
-    "received_at, traceparent, tracestate, enqueued_at"
+    "received_at, traceparent, tracestate, enqueued_at, lane"
 )
 # The columns an outbox insert gives (position is assigned by the database).
 OUTBOX_INSERT_COLUMNS: Final = OUTBOX_COLUMNS.removeprefix("position, ")
@@ -227,7 +228,7 @@ def history_row(job: Job, timestamp: Timestamp) -> Row:
     return (job.job_id, job.sequence, job.status.value, timestamp(job.updated_at), job.reason)
 
 
-def outbox_row(message: Outgoing, enqueued_at: float) -> Row:
+def outbox_row(message: Outgoing, enqueued_at: float, lane: str | None) -> Row:
     return (
         message.message_id,
         message.kind.value,
@@ -240,6 +241,7 @@ def outbox_row(message: Outgoing, enqueued_at: float) -> Row:
         trace.traceparent if (trace := message.trace) is not None else None,
         trace.tracestate if trace is not None else None,
         enqueued_at,
+        lane,
     )
 
 
@@ -268,7 +270,7 @@ def job_from_row(row: Row) -> Job:
 
 def outgoing_from_row(row: Row) -> Outgoing:
     (_, message_id, kind, routing_key, order_key, body, correlation_id, label, received_at,
-     traceparent, tracestate, _) = row  # fmt: skip
+     traceparent, tracestate, _, _) = row  # fmt: skip
     return Outgoing(
         message_id=message_id,
         kind=Kind(kind),
@@ -281,3 +283,8 @@ def outgoing_from_row(row: Row) -> Outgoing:
         # Checked again: a row is data, and a bad one must cost the trace, not the event.
         trace=trace_context(traceparent, tracestate),
     )
+
+
+def record_from_row(row: Row) -> OutboxRecord:
+    """An outbox row read with OUTBOX_COLUMNS."""
+    return OutboxRecord(row[0], outgoing_from_row(row), row[11], row[12])

@@ -185,6 +185,18 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE outbox ADD COLUMN tracestate TEXT",
         ),
     ),
+    Migration(
+        # Replicas share the publishing: each publishes the rows of the lanes it holds (the
+        # lane of the job whose event a row is; NULL, for rows written before and for rows of
+        # no job, is published by the relay lane's holder). An index for each relay's read,
+        # and one for the check that a job's earlier row in another lane was sent first.
+        versions={SQLITE: 7, POSTGRES: 8},
+        statements=(
+            "ALTER TABLE outbox ADD COLUMN lane TEXT",
+            "CREATE INDEX outbox_by_lane ON outbox (lane, position)",
+            "CREATE INDEX outbox_by_order_key ON outbox (order_key, position)",
+        ),
+    ),
 )
 
 

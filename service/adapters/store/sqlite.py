@@ -32,7 +32,7 @@ from pathlib import Path
 import structlog
 
 from service.adapters.store.memory import page_of
-from service.adapters.store.pending import PendingWrites, documents_to_drop
+from service.adapters.store.pending import LaneOf, PendingWrites, documents_to_drop
 from service.adapters.store.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
@@ -47,13 +47,13 @@ from service.adapters.store.rows import (
     job_from_row,
     job_row,
     outbox_row,
-    outgoing_from_row,
+    record_from_row,
 )
 from service.adapters.store.schema import SQLITE, migrations
 from service.core.jobs import Job
 from service.core.listing import JobQuery
 from service.models import JobStatus
-from service.ports import DeadLetter, OutboxRecord, StoreError
+from service.ports import DeadLetter, OutboxLanes, OutboxRecord, StoreError
 
 __all__ = ["SqliteStore"]
 
@@ -66,7 +66,10 @@ class _Transaction(PendingWrites):
         self._store = store
 
     async def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id) or self._store._job(job_id)  # noqa: SLF001 - its own store
+        job = self.jobs.get(job_id) or self._store._job(job_id)  # noqa: SLF001 - its own store
+        if job is not None:
+            self.queue_of[job_id] = job.queue_id  # the lane of an event of it (a status reply)
+        return job
 
     async def counts(self, queue_id: str) -> dict[JobStatus, int]:
         return self._store.read_counts(queue_id, pending=self.jobs)
@@ -91,15 +94,17 @@ class _Batch:
     purged: list[tuple[str]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
-    def add(self, tx: _Transaction) -> None:
+    def add(self, tx: _Transaction, *, lane: str | None, lane_of: LaneOf) -> None:
         """Add `tx` whole or, if a row cannot be built or written, not at all (StoreRefused:
         one command's bad data must not fail the commit of the others)."""
         now = time.time()
+        lanes = tx.message_lanes(fenced=lane, lane_of=lane_of)
         jobs = list(tx.jobs.values())
         job_rows = checked([job_row(job, _iso) for job in jobs], nul_in_text=True)
         history_rows = checked([history_row(job, _iso) for job in jobs], nul_in_text=True)
         outbox_rows = checked(
-            [outbox_row(message, now) for message in tx.messages], nul_in_text=True
+            [outbox_row(m, now, lane) for m, lane in zip(tx.messages, lanes, strict=True)],
+            nul_in_text=True,
         )
         letters = checked([dead_letter_row(letter) for letter in tx.letters], nul_in_text=True)
         self.letters.extend(letters)
@@ -117,9 +122,16 @@ class _Batch:
 
 class SqliteStore:
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", commit_delay: float = 0.002
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        commit_delay: float = 0.002,
+        lane_of: LaneOf = lambda queue_id: queue_id,
     ) -> None:
         self._path = path
+        # The lane of a job's outbox rows, from its queue (one replica publishes them all).
+        self._lane_of = lane_of
         self._synchronous = synchronous
         self._commit_delay = commit_delay
         self._writer: sqlite3.Connection | None = None  # the committer's, in its thread
@@ -200,19 +212,18 @@ class SqliteStore:
         return self._depth
 
     def transaction(self, *, lane: str | None = None) -> AbstractAsyncContextManager[_Transaction]:
-        del lane  # one replica: it holds every lane
-        return self._batched(wait=True)
+        # One replica holds every lane: `lane` fences nothing, and names the rows' lane.
+        return self._batched(wait=True, lane=lane)
 
     def apply_commands(self) -> AbstractAsyncContextManager[_Transaction]:
         return self._batched(wait=False)
 
     def record_progress(self, lane: str) -> AbstractAsyncContextManager[_Transaction]:
         # Committed like any batch (with STORE_SYNCHRONOUS): a group commit costs nothing more.
-        del lane  # one replica: it holds every lane
-        return self._batched(wait=False)
+        return self._batched(wait=False, lane=lane)
 
     @asynccontextmanager
-    async def _batched(self, *, wait: bool) -> AsyncIterator[_Transaction]:
+    async def _batched(self, *, wait: bool, lane: str | None = None) -> AsyncIterator[_Transaction]:
         """A transaction that joins the next group commit at its exit; with `wait`, the exit
         returns once that commit is durable, else at once (the writes are applied: reads and
         later transactions see them through the overlay)."""
@@ -223,7 +234,7 @@ class SqliteStore:
             return
         if self._writer is None or self._closing:
             raise StoreError("the store is not open")
-        self._batch.add(tx)
+        self._batch.add(tx, lane=lane, lane_of=self._lane_of)
         self._unsaved_jobs.update(tx.jobs)
         self._unsaved_documents.update(tx.documents)
         self._dirty.set()
@@ -300,14 +311,21 @@ class SqliteStore:
         rows = self._read("SELECT data FROM documents WHERE job_id = ?", (job_id,))
         return bytes(rows[0][0]) if rows else None
 
-    async def unsent(self, limit: int, *, after: int = 0) -> Sequence[OutboxRecord]:
+    async def unsent(
+        self, limit: int, *, after: int = 0, lanes: OutboxLanes | None = None
+    ) -> Sequence[OutboxRecord]:
         # One writer: positions are assigned in commit order, so `after` is safe here.
-        rows = self._read(
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox "  # noqa: S608
-            "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
-            (after, self._committed_position, limit),
-        )
-        return [OutboxRecord(row[0], outgoing_from_row(row), row[-1]) for row in rows]
+        if lanes is None:
+            rows = self._read(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox "  # noqa: S608
+                "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
+                (after, self._committed_position, limit),
+            )
+        else:
+            # Not past `after`: a row held back for another lane's is older than those taken.
+            sql, held = _unsent_of_lanes(lanes)
+            rows = self._read(sql, (*held, *held, self._committed_position, limit))
+        return [record_from_row(row) for row in rows]
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # Not waited for: if this commit fails, the messages are published again, with the
@@ -440,7 +458,7 @@ class SqliteStore:
             if batch.outbox_rows:
                 conn.executemany(
                     f"INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     batch.outbox_rows,
                 )
                 # One writer and AUTOINCREMENT: the batch's rows are the last positions.
@@ -464,6 +482,25 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         return int(last_position)
+
+
+def _unsent_of_lanes(lanes: OutboxLanes) -> tuple[str, tuple[str, ...]]:
+    """The query of the rows `lanes` admits (PostgreSQL's, in SQLite), and its lanes: one
+    replica holds every lane, so this serves the store's tests, and keeps the contract."""
+    held = tuple(sorted(lanes.held))
+    among = ", ".join("?" * len(held))
+    if lanes.unlaned:
+        inside = f"(o.lane IS NULL OR o.lane IN ({among}))"
+        outside = f"e.lane IS NOT NULL AND e.lane NOT IN ({among})"
+    else:
+        inside = f"o.lane IN ({among})"
+        outside = f"e.lane IS NULL OR e.lane NOT IN ({among})"
+    sql = (
+        f"SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE {inside} AND NOT EXISTS ("  # noqa: S608
+        "SELECT 1 FROM outbox e WHERE e.order_key = o.order_key AND e.position < o.position "
+        f"AND ({outside})) AND o.position <= ? ORDER BY o.position LIMIT ?"
+    )
+    return sql, held
 
 
 def _resolve(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
