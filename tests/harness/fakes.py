@@ -148,7 +148,7 @@ class WatchedStore(MemoryStore):
 
     def outbox(self) -> list[Outgoing]:
         """Committed messages not yet marked sent, in order."""
-        return [message for message, _ in self._outbox.values()]
+        return [message for message, _, _ in self._outbox.values()]
 
 
 class FakeClock:
