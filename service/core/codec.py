@@ -40,6 +40,7 @@ from service.models import (
     GetPrintCounts,
     GetPrinterStatus,
     GetPrintJobStatus,
+    HoldIndefinite,
     InlineDocument,
     ListPrintJobs,
     MessageType,
@@ -330,6 +331,7 @@ class CommandDecoder:
         message = _validate(MODEL_BY_TYPE[message_type], body, prefix="")
         if isinstance(message, CreatePrintJob):
             self._authorize_create(partial, message.jobId)
+            _check_release_pin(message)
         elif isinstance(message, MovePrintJob):
             self._authorize_move(partial, message.toQueue)
         return DecodedCommand(
@@ -492,6 +494,19 @@ def _check_queue_id(queue_id: str) -> None:
             f"queueId {describe(queue_id)} (the topic's last level) is invalid: {message}",
             (FieldError(path="queueId", message=message),),
         ) from exc
+
+
+def _check_release_pin(message: CreatePrintJob) -> None:
+    """A PIN is for a person at the printer: a job that could print by itself (a hold
+    time, or none) would leave the document in the tray for anyone. What the schema cannot
+    say (one field's presence depending on another's value) is said here."""
+    if message.releasePin is not None and message.hold is not HoldIndefinite.indefinite:
+        problem = "a job with a releasePin is released only with it: `hold` must be `indefinite`"
+        raise _Rejected(
+            RejectionReason.schema_violation,
+            f"invalid CreatePrintJob: releasePin: {problem}",
+            (FieldError(path="releasePin", message=problem),),
+        )
 
 
 def _infer_type(body: Mapping[str, Any]) -> MessageType:

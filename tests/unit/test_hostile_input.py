@@ -436,6 +436,13 @@ def test_any_json_in_any_envelope_header(
     correlation_data=CORRELATION_DATA,
     queue=st.from_regex(QUEUE_ID_TEXT),
 )
+@example(
+    decoder=a_decoder(None),
+    body={"jobId": "0", "userId": "", "releasePin": "1234"},
+    properties={},
+    correlation_data=None,
+    queue="0",
+)
 def test_bare_payloads_with_any_user_properties(
     decoder: CommandDecoder,
     body: dict[str, Json],
