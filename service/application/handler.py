@@ -325,16 +325,13 @@ class CommandHandler:
                 # The same create with another PIN is another request (the digest knows
                 # only that there is a PIN).
                 return self._refuse(step, _conflict(existing.job_id))
-        queue_timeout = self._queues.hold_timeout(command.queue_id)
         result = jobs.create(
             existing,
             message,
             queue_id=command.queue_id,
             correlation_id=command.correlation_id,
             now=step.now,
-            hold_timeout=(
-                self._hold_timeout if queue_timeout is None else timedelta(seconds=queue_timeout)
-            ),
+            hold_timeout=self._queues.hold_timeout(command.queue_id) or self._hold_timeout,
             pin_hash=pin_hash,
         )
         if result is None:
@@ -361,20 +358,17 @@ class CommandHandler:
     async def _release(self, step: _Step, message: ReleasePrintJob, job: jobs.Job | None) -> str:
         if job is None:
             return self._refuse(step, _unknown(message.jobId))
-        if job.status is not JobStatus.held:
-            released = jobs.release(job, now=step.now)
-            if job.is_final and isinstance(released, jobs.Refusal):
-                return self._refuse(step, released)  # job_final
-            # Released already (a release delivered twice, or its hold time came): say where
-            # the job is rather than refuse.
-            return self._status(step, job)
-        if refused := await self._check_pin(step, message, job):
+        if job.status is JobStatus.held and (refused := await self._check_pin(step, message, job)):
             return refused
         result = jobs.release(job, now=step.now)
         if isinstance(result, jobs.Refusal):
-            return self._refuse(step, result)
+            if job.is_final:
+                return self._refuse(step, result)  # job_final
+            # Released already (a release delivered twice, or its hold time came): say where
+            # the job is rather than refuse.
+            return self._status(step, job)
         step.tx.put(result)
-        step.tx.emit(_event(step, result))
+        step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.release(result))
         step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
@@ -400,7 +394,7 @@ class CommandHandler:
         if not result.is_final:
             left = self._pin_attempts - result.pin_attempts
             return self._refuse(step, _release_refused(f"wrong PIN ({left} attempts left)"))
-        step.tx.emit(_event(step, result))
+        step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
         step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
         step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)

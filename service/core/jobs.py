@@ -182,7 +182,8 @@ def create(
     """A new job, `None` for a repeat of an existing create (idempotent), or a refusal.
 
     `pin_hash` is the hash of the command's `releasePin` (the caller computes it: it is
-    slow, and it needs a salt). A repeat whose PIN differs is the caller's to tell.
+    slow, and it needs a salt). A repeat whose PIN differs is the caller's to tell, and so
+    is a PIN without `hold: indefinite` (the decoder refuses it: `codec._check_release_pin`).
     """
     if existing is not None:
         if existing.same_request(queue_id, command):
@@ -190,13 +191,6 @@ def create(
         return Refusal(
             RejectionReason.job_conflict,
             f"job {existing.job_id!r} already exists with a different payload or queue",
-        )
-    if command.releasePin is not None and command.hold is not HoldIndefinite.indefinite:
-        # A PIN is for a person at the printer: a job that could print by itself (a hold
-        # time, or none) would leave the document in the tray for anyone.
-        return Refusal(
-            RejectionReason.schema_violation,
-            "a job with a releasePin is released only with it: `hold` must be `indefinite`",
         )
     held = command.hold is HoldIndefinite.indefinite or (
         isinstance(command.hold, datetime) and command.hold > now

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -99,11 +100,13 @@ class QueueMap:
             return queue_id
         return self.default_queue
 
-    def hold_timeout(self, queue_id: str) -> float | None:
+    def hold_timeout(self, queue_id: str) -> timedelta | None:
         """The hold timeout of the queue that prints `queue_id`'s jobs, if it sets one."""
         lane = self.lane(queue_id)
         spec = None if lane is None else self.queues.get(lane)
-        return None if spec is None else spec.hold_timeout
+        if spec is None or spec.hold_timeout is None:
+            return None
+        return timedelta(seconds=spec.hold_timeout)
 
     def printers_of(self, lane: str) -> Sequence[PrinterSpec]:
         if self.is_dynamic:

@@ -167,6 +167,46 @@ async def test_a_rejection_is_published_in_the_commands_trace(
     assert set(by_name(exporter.get_finished_spans())) == {"decode", "store", "publish"}
 
 
+async def test_a_release_and_a_wrong_pin_are_published_in_their_commands_trace(
+    tracing: Tracing,
+) -> None:
+    release_trace = "0123456789abcdef0123456789abcdef"
+    release = MessageType.releasePrintJob
+    async with Harness(tracer=tracing.tracer, pin_attempts=1) as service:
+        for job_id in ("held-1", "held-2"):
+            await service.send(
+                {**a_create(job_id), "hold": "indefinite", "releasePin": "2468"},
+                queue_id=QUEUE,
+                message_type=CREATE,
+                properties={"traceparent": TRACEPARENT},
+            )
+        headers = {"traceparent": f"00-{release_trace}-{PARENT_ID}-01"}
+        await service.send(
+            {"jobId": "held-1", "pin": "2468"},
+            queue_id=QUEUE,
+            message_type=release,
+            properties=headers,
+        )
+        await service.send(
+            {"jobId": "held-2", "pin": "0000"},  # the last attempt: canceled
+            queue_id=QUEUE,
+            message_type=release,
+            properties=headers,
+        )
+        await service.until_status("held-1", JobStatus.finished)
+        await service.drained()
+
+    answers = {
+        (m.order_key, m.label): m.trace
+        for m in service.publisher.published
+        if m.kind is Kind.job_event and m.label in ("created", "canceled")
+    }
+    for answer in (("held-1", "created"), ("held-2", "canceled")):
+        trace = answers[answer]
+        assert trace is not None, answer
+        assert trace.trace_id == release_trace, answer
+
+
 async def test_a_failed_publish_is_an_error_span_and_the_retry_another(
     tracing: Tracing, exporter: InMemorySpanExporter
 ) -> None:

@@ -35,9 +35,6 @@ class HoldRoom:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._lane_of
 
-    def __len__(self) -> int:
-        return len(self._lane_of)
-
     def hold(self, job: Job, *, lane: str) -> None:
         """Keep `job` (held) here until its hold ends; one already here stays as it is."""
         if job.job_id in self._lane_of:

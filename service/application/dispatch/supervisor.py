@@ -183,9 +183,6 @@ class PrintDispatcher:
             job_id in self._waiting or job_id in self._holds or self._progress.is_printing(job_id)
         )
 
-    def is_held(self, job_id: str) -> bool:
-        return job_id in self._holds
-
     def is_waiting(self, job_id: str) -> bool:
         return job_id in self._waiting
 
