@@ -49,6 +49,8 @@ class Ledger:
     event_ids: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def add(self, event: dict[str, object]) -> None:
+        if "jobId" not in event:
+            return  # a printer's status: it goes by the same exchange, and is no job's
         job_id = str(event["jobId"])
         if job_id.startswith(self.prefix) and not event.get("snapshot"):
             self.event_ids[(job_id, str(event["status"]))].add(str(event["eventId"]))
