@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.adapters import amqp
+from service.adapters import amqp, amqp_properties
 from service.adapters.mqtt.ingress import COMMAND_QOS, WILL_QOS
 from service.config import Settings
 from service.models import JobStatus, MessageType, RejectionReason
@@ -38,11 +38,11 @@ def test_committed_models_are_what_the_contract_generates():
 
 def test_event_properties_match_the_operation_binding(contract: dict[str, Any]):
     binding = contract["components"]["operationBindings"]["eventPublish"]["amqp"]
-    assert binding["expiration"] == amqp.MESSAGE_TTL_S
-    assert binding["priority"] == amqp.PRIORITY
-    assert binding["cc"] == amqp.CC
-    assert binding["bcc"] == amqp.BCC
-    assert binding["x-replyTo"] == amqp.REPLY_TO
+    assert binding["expiration"] == amqp_properties.MESSAGE_TTL_S
+    assert binding["priority"] == amqp_properties.PRIORITY
+    assert binding["cc"] == list(amqp_properties.CC)
+    assert binding["bcc"] == list(amqp_properties.BCC)
+    assert binding["x-replyTo"] == amqp_properties.REPLY_TO
     assert binding["deliveryMode"] == 2
     assert binding["mandatory"] is False
     assert binding["timestamp"] is True

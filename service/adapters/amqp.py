@@ -16,7 +16,6 @@ import gzip
 import ssl
 import struct
 import zlib
-from datetime import UTC, datetime
 from typing import Final
 
 import aio_pika
@@ -25,30 +24,28 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    AbstractRobustExchange,
 )
-from aiormq.exceptions import ChannelPreconditionFailed
-from pamqp.common import FieldTable, FieldValue
+from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
+from pamqp.common import FieldTable
 from pamqp.exceptions import PAMQPException
 
+from service.adapters.amqp_properties import PropertyEncoder
+from service.adapters.amqp_transport import CoalescingConnection
 from service.aio import sleep_unless
 from service.config import BrokerUrl, ConfigError
 from service.core.backoff import Backoff
 from service.core.events import Kind, Outgoing
-from service.core.tracecontext import trace_context
 from service.metrics import Metrics
-from service.models import EventHeaders, XMessageType
 from service.ports import PublishRefused, Unpublishable
 
 __all__ = [
     "EVENTS_EXCHANGE",
     "EVENTS_QUEUE",
-    "MESSAGE_TTL_S",
     "QUEUE_ARGUMENTS",
     "REJECTIONS_EXCHANGE",
     "REJECTIONS_QUEUE",
     "AmqpPublisher",
-    "amqp_message",
+    "gzip_body",
     "message_body",
 ]
 
@@ -59,13 +56,6 @@ REJECTIONS_EXCHANGE: Final = "print.rejections"
 EVENTS_QUEUE: Final = "events/jobs"
 REJECTIONS_QUEUE: Final = "events/rejections"
 QUEUE_ARGUMENTS: Final[FieldTable] = {"x-max-priority": 10}
-# The operation binding of `printJobEvent` and `commandRejection` in asyncapi.yaml.
-MESSAGE_TTL_S: Final = 60
-PRIORITY: Final = 10
-CC: Final = ["user.log", "support.log"]
-BCC: Final = ["external.audit"]
-REPLY_TO: Final = "user.reply"
-APP_ID: Final = "print-service"
 _GZIP_WBITS: Final = 16 + 12  # gzip framing, 4 KB window
 # What encoding a message raises (pamqp, the contract's headers): the message is at fault.
 _UNENCODABLE: Final = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
@@ -92,10 +82,10 @@ class AmqpPublisher:
         self._metrics = metrics
         self._ssl_context = ssl_context
         # RabbitMQ refuses a publish whose user_id is not the connection's user.
-        self._user_id = url.username or "guest"
+        self._properties = PropertyEncoder(user_id=url.username or "guest", gzip=gzip_bodies)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._exchanges: dict[Kind, AbstractRobustExchange] = {}
+        self._exchanges: dict[Kind, str] = {}  # the exchange of each kind of message
 
     @property
     def connected(self) -> bool:
@@ -117,6 +107,7 @@ class AmqpPublisher:
                     self._url.url,
                     client_properties={"connection_name": self._name},
                     ssl_context=self._ssl_context,
+                    connection_class=CoalescingConnection,
                 )
                 break
             except (OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -156,7 +147,7 @@ class AmqpPublisher:
                     arguments=QUEUE_ARGUMENTS,
                 )
                 await queue.bind(exchange, routing_key="#")
-                self._exchanges[kind] = exchange
+                self._exchanges[kind] = exchange.name
             # Counts and list answers share the events exchange (and the `events/jobs` queue).
             self._exchanges[Kind.counts] = self._exchanges[Kind.job_event]
             self._exchanges[Kind.job_list] = self._exchanges[Kind.job_event]
@@ -172,13 +163,23 @@ class AmqpPublisher:
             ) from exc
 
     async def publish(self, message: Outgoing) -> None:
+        """Publish and wait for the broker's confirm: through aiormq's channel, below
+        aio-pika's Message and Exchange, with properties encoded by `PropertyEncoder`."""
         exchange = self._exchanges.get(message.kind)
-        if exchange is None:
+        channel = self._channel
+        if exchange is None or channel is None:
             raise ConnectionError("the AMQP publisher is not connected")
         try:
-            await exchange.publish(
-                amqp_message(message, user_id=self._user_id, gzip_body=self._gzip),
+            properties = self._properties.encode(message)
+            body = gzip_body(message.body) if self._gzip else message.body
+            if channel.is_closed:
+                raise ChannelInvalidStateError(f"{channel!r} closed")
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                body,
+                exchange=exchange,
                 routing_key=message.routing_key,
+                properties=properties,
                 mandatory=False,
             )
         except _UNENCODABLE as exc:  # raised before anything is sent
@@ -202,27 +203,7 @@ class AmqpPublisher:
         log.info("amqp_reconnected")
 
 
-def amqp_message(message: Outgoing, *, user_id: str, gzip_body: bool) -> aio_pika.Message:
-    """The AMQP message for an outbox message, with the contract's operation binding."""
-    return aio_pika.Message(
-        _gzip(message.body) if gzip_body else message.body,
-        content_type="application/json",
-        content_encoding="gzip" if gzip_body else None,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=PRIORITY,
-        expiration=MESSAGE_TTL_S,
-        headers=_headers(message),
-        reply_to=REPLY_TO,
-        timestamp=datetime.now(UTC),
-        user_id=user_id,
-        type=message.kind.value,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        app_id=APP_ID,
-    )
-
-
-def _gzip(body: bytes) -> bytes:
+def gzip_body(body: bytes) -> bytes:
     """Gzip an event body. zlib's default state (32 KB window, memLevel 8) costs about
     45-60 us to set up per call, ten times the compression of a small JSON event; a 4 KB
     window with memLevel 2 compresses these bodies as well in about 4 us."""
@@ -235,28 +216,3 @@ def message_body(message: AbstractIncomingMessage) -> bytes:
     if message.content_encoding == "gzip":
         return gzip.decompress(message.body)
     return message.body
-
-
-def _headers(message: Outgoing) -> FieldTable:
-    """The message headers, validated against the contract's `EventHeaders`."""
-    headers = EventHeaders(
-        x_correlation_id=message.correlation_id,
-        x_message_type=XMessageType(message.kind.value),
-        CC=list(CC),
-        BCC=list(BCC),
-    )
-    table: FieldTable = {
-        "CC": list[FieldValue](headers.CC or ()),
-        "BCC": list[FieldValue](headers.BCC or ()),
-        "x-correlation-id": headers.x_correlation_id,
-        "x-message-type": headers.x_message_type.value,
-    }
-    # W3C Trace Context, as OpenTelemetry's propagators put it in AMQP headers; checked
-    # again (the contract's pattern), since a trace must never make an event unpublishable.
-    if message.trace is not None and (
-        trace := trace_context(message.trace.traceparent, message.trace.tracestate)
-    ):
-        table["traceparent"] = trace.traceparent
-        if trace.tracestate is not None:
-            table["tracestate"] = trace.tracestate
-    return table

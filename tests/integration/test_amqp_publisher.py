@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.adapters.amqp import AmqpPublisher
+from service.adapters.amqp_properties import PropertyEncoder
 from service.config import BrokerUrl
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
@@ -56,11 +57,11 @@ async def test_a_header_amqp_cannot_carry_is_unpublishable(publisher: AmqpPublis
 
 async def test_a_message_the_broker_refuses_is_publish_refused(publisher: AmqpPublisher) -> None:
     # RabbitMQ refuses (406) a user id that is not the connection's user.
-    own = publisher._user_id
-    publisher._user_id = "someone-else"
+    own = publisher._properties
+    publisher._properties = PropertyEncoder(user_id="someone-else", gzip=False)
     with pytest.raises(PublishRefused, match="PRECONDITION_FAILED"):
         await publisher.publish(message())
-    publisher._user_id = own
+    publisher._properties = own
     # The broker closed the channel; the robust channel comes back and publishing goes on.
     for _ in range(100):
         try:

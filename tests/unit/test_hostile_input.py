@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, TypeAlias
 from uuid import uuid4
 
-import aio_pika
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import event as count_outcome
@@ -28,7 +27,8 @@ from hypothesis import strategies as st
 from pamqp import body as pamqp_body
 from pamqp import commands, frame, header
 
-from service.adapters.amqp import REJECTIONS_EXCHANGE, amqp_message
+from service.adapters.amqp import REJECTIONS_EXCHANGE, gzip_body
+from service.adapters.amqp_properties import PropertyEncoder
 from service.core.access import AccessControl, KeyTable
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection, valid_queue_id
 from service.core.events import INVALID_QUEUE_ROUTE, REJECTION_ROUTE_PREFIX, Outgoing, job_event
@@ -41,6 +41,7 @@ from service.models import (
     PrintJobEvent,
     RejectionReason,
 )
+from tests.unit.test_amqp_properties import decode_properties
 
 API_KEYS: Final = frozenset({"key-one", "key-two"})
 MAX_BYTES: Final = 64 * 1024
@@ -309,27 +310,27 @@ EVERY_DECODER: Final = st.sampled_from([a_decoder(None), a_decoder(API_KEYS), a_
 # --- checks ------------------------------------------------------------------------------------
 
 
-def assert_publishable(outgoing: Outgoing, exchange: str) -> aio_pika.Message:
-    """The outgoing message as aio-pika and aiormq would put it on the wire: it encodes."""
+def assert_publishable(outgoing: Outgoing, exchange: str) -> None:
+    """The outgoing message as the publisher and aiormq put it on the wire: it encodes."""
     assert len(outgoing.routing_key.encode()) <= 255
-    message = amqp_message(outgoing, user_id="guest", gzip_body=True)
-    properties = message.properties
+    encoded = PropertyEncoder(user_id="guest", gzip=True).encode(outgoing)
+    body = gzip_body(outgoing.body)
     # What aiormq's Channel.basic_publish marshals: the method, the content header, the body.
     frames: list[commands.Basic.Publish | header.ContentHeader | pamqp_body.ContentBody] = [
         commands.Basic.Publish(exchange=exchange, routing_key=outgoing.routing_key),
-        header.ContentHeader(0, len(message.body), properties),
+        header.ContentHeader(0, len(body), encoded),
     ]
     frames += [
-        pamqp_body.ContentBody(message.body[i : i + MAX_CONTENT_SIZE])
-        for i in range(0, len(message.body), MAX_CONTENT_SIZE)
+        pamqp_body.ContentBody(body[i : i + MAX_CONTENT_SIZE])
+        for i in range(0, len(body), MAX_CONTENT_SIZE)
     ]
     for item in frames:
         assert frame.marshal(item, 1)
+    properties = decode_properties(encoded.marshal())
     assert properties.correlation_id == outgoing.correlation_id
     assert properties.headers is not None
     assert properties.headers["x-correlation-id"] == outgoing.correlation_id
-    assert zlib.decompress(message.body, wbits=16 + zlib.MAX_WBITS) == outgoing.body
-    return message
+    assert zlib.decompress(body, wbits=16 + zlib.MAX_WBITS) == outgoing.body
 
 
 def assert_good_rejection(rejection: Rejection) -> CommandRejected:

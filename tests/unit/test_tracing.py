@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service.adapters.amqp import amqp_message
+from service.adapters.amqp_properties import PropertyEncoder
 from service.adapters.store.rows import (
     job_from_row,
     job_row,
@@ -28,6 +28,7 @@ from service.core.tracecontext import TraceContext
 from service.models import JobStatus, MessageType
 from service.ports import NO_TRACING
 from tests.harness.harness import Harness
+from tests.unit.test_amqp_properties import decode_properties
 
 QUEUE: Final = "queue-1"
 TRACE_ID: Final = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -251,26 +252,29 @@ def an_outgoing(trace: TraceContext | None) -> Outgoing:
     )
 
 
+def amqp_headers(message: Outgoing) -> dict[str, object]:
+    encoded = PropertyEncoder(user_id="guest", gzip=False).encode(message)
+    headers = decode_properties(encoded.marshal()).headers
+    assert headers is not None
+    return dict(headers)
+
+
 def test_the_amqp_headers_carry_the_trace_context() -> None:
-    headers = amqp_message(
-        an_outgoing(TraceContext(TRACEPARENT, "k=v")), user_id="guest", gzip_body=False
-    ).headers
+    headers = amqp_headers(an_outgoing(TraceContext(TRACEPARENT, "k=v")))
     assert headers["traceparent"] == TRACEPARENT
     assert headers["tracestate"] == "k=v"
 
-    headers = amqp_message(
-        an_outgoing(TraceContext(TRACEPARENT)), user_id="guest", gzip_body=False
-    ).headers
+    headers = amqp_headers(an_outgoing(TraceContext(TRACEPARENT)))
     assert "tracestate" not in headers
 
-    headers = amqp_message(an_outgoing(None), user_id="guest", gzip_body=False).headers
+    headers = amqp_headers(an_outgoing(None))
     assert "traceparent" not in headers
 
 
 def test_a_bad_stored_context_costs_the_trace_not_the_event() -> None:
-    message = amqp_message(an_outgoing(TraceContext("garbage")), user_id="guest", gzip_body=False)
-    assert "traceparent" not in message.headers
-    assert message.headers["x-correlation-id"] == "c"
+    headers = amqp_headers(an_outgoing(TraceContext("garbage")))
+    assert "traceparent" not in headers
+    assert headers["x-correlation-id"] == "c"
 
 
 @pytest.mark.parametrize(
