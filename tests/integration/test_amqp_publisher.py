@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from service.adapters.amqp import AmqpPublisher
 from service.adapters.amqp_properties import PropertyEncoder
+from service.adapters.amqp_transport import CoalescingTransportFactory
 from service.config import BrokerUrl
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
@@ -71,3 +72,17 @@ async def test_a_message_the_broker_refuses_is_publish_refused(publisher: AmqpPu
         else:
             return
     pytest.fail("publishing did not resume after the broker refused a message")
+
+
+async def test_the_connection_writes_through_the_coalescing_transport(
+    publisher: AmqpPublisher,
+) -> None:
+    # Pins how aio-pika hands our TransportFactory down to aiormq: if an upgrade drops it,
+    # publishing still works, one send per frame, and this says why the bench got slower.
+    connection = publisher._connection
+    assert connection is not None
+    underlay = connection.transport
+    assert underlay is not None
+    factory = getattr(underlay.connection, "_transport_factory", None)
+    assert isinstance(factory, CoalescingTransportFactory)
+    await publisher.publish(message())
