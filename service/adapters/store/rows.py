@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -24,9 +25,11 @@ __all__ = [
     "dead_letter_from_row",
     "dead_letter_row",
     "history_row",
+    "job_as_stored",
     "job_from_row",
     "job_row",
     "outbox_row",
+    "outgoing_as_stored",
     "outgoing_from_row",
     "record_from_row",
 ]
@@ -266,6 +269,34 @@ def job_from_row(row: Row) -> Job:
         reason=reason,
         **_print_request(details),
     )
+
+
+def job_as_stored(job: Job) -> Job:
+    """`job` as `job_from_row` reads back its row, without the row: what the row forgets
+    (a hold's fields once the job is not held) forgotten, its trace checked again."""
+    if job.status is not JobStatus.held and (
+        job.hold_until is not None
+        or job.hold_expires_at is not None
+        or job.pin_hash is not None
+        or job.pin_attempts
+    ):
+        job = dataclasses.replace(
+            job, hold_until=None, hold_expires_at=None, pin_hash=None, pin_attempts=0
+        )
+    if (trace := _stored_trace(job.trace)) != job.trace:
+        job = dataclasses.replace(job, trace=trace)
+    return job
+
+
+def outgoing_as_stored(message: Outgoing) -> Outgoing:
+    """`message` as `outgoing_from_row` reads back its outbox row (its trace checked again)."""
+    if (trace := _stored_trace(message.trace)) != message.trace:
+        return dataclasses.replace(message, trace=trace)
+    return message
+
+
+def _stored_trace(trace: TraceContext | None) -> TraceContext | None:
+    return None if trace is None else trace_context(trace.traceparent, trace.tracestate)
 
 
 def outgoing_from_row(row: Row) -> Outgoing:

@@ -12,6 +12,12 @@ and documents written by batches not yet committed, so a transaction reads the l
 writes at once. Every read returns without suspending: with one event loop, a transaction
 that reads and then writes is atomic.
 
+What a batch wrote stays in memory once it is committed, in two bounded caches: the jobs
+(the dispatcher reads each job right after its create, and again after its start, commits)
+and the outbox rows not yet sent (the relay reads them right after they commit). This
+process is the only writer, so committed data cannot change behind them: they are kept
+exact by each commit, and a read they cannot answer exactly goes to the database.
+
 The relay only sees outbox rows that are committed, so no message is ever published for a
 change that could still be rolled back.
 """
@@ -22,12 +28,14 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -44,12 +52,15 @@ from service.adapters.store.rows import (
     dead_letter_from_row,
     dead_letter_row,
     history_row,
+    job_as_stored,
     job_from_row,
     job_row,
     outbox_row,
+    outgoing_as_stored,
     record_from_row,
 )
 from service.adapters.store.schema import SQLITE, migrations
+from service.core.events import Outgoing
 from service.core.jobs import Job
 from service.core.listing import JobQuery
 from service.models import JobStatus
@@ -58,6 +69,16 @@ from service.ports import DeadLetter, OutboxLanes, OutboxRecord, StoreError
 __all__ = ["SqliteStore"]
 
 log = structlog.get_logger(__name__)
+
+# Committed jobs kept for reads: a job is read again soon after each commit of it (started
+# once its create commits, finished once its start does), so this need only outlast the jobs
+# between two of their own commits under a flood (a few batches' worth, a few thousand), at
+# a few MB. A job it no longer holds is read from the database.
+COMMITTED_JOBS: Final = 4096
+# Committed outbox rows kept for the relay: twice the jobs (a job's events, and the replies),
+# so that a relay keeping up reads from memory; behind by more (a deep outbox under a flood,
+# a broker away), it reads the database, and memory does not grow with the outbox.
+COMMITTED_RECORDS: Final = 8192
 
 
 class _Transaction(PendingWrites):
@@ -88,6 +109,8 @@ class _Batch:
     documents: list[tuple[str, bytes]] = field(default_factory=list)
     dropped_documents: list[tuple[str]] = field(default_factory=list)
     outbox_rows: list[Row] = field(default_factory=list)
+    # What each outbox row is made of (message, enqueued_at, lane): the records, once committed.
+    messages: list[tuple[Outgoing, float, str | None]] = field(default_factory=list)
     sent: list[tuple[int]] = field(default_factory=list)
     letters: list[Row] = field(default_factory=list)
     dropped_letters: list[tuple[int]] = field(default_factory=list)
@@ -116,6 +139,7 @@ class _Batch:
         self.dropped_documents.extend((job_id,) for job_id in documents_to_drop(jobs))
         self.documents.extend(tx.documents.items())
         self.outbox_rows.extend(outbox_rows)
+        self.messages.extend((m, now, lane) for m, lane in zip(tx.messages, lanes, strict=True))
         self.sent.extend((position,) for position in tx.sent)
         self.waiters.append(tx.durable)
 
@@ -128,6 +152,8 @@ class SqliteStore:
         synchronous: str = "FULL",
         commit_delay: float = 0.002,
         lane_of: LaneOf = lambda queue_id: queue_id,
+        cached_jobs: int = COMMITTED_JOBS,
+        cached_records: int = COMMITTED_RECORDS,
     ) -> None:
         self._path = path
         # The lane of a job's outbox rows, from its queue (one replica publishes them all).
@@ -140,6 +166,14 @@ class SqliteStore:
         # What batches not yet committed wrote: reads see it before the database.
         self._unsaved_jobs: dict[str, Job] = {}
         self._unsaved_documents: dict[str, bytes] = {}
+        # Committed jobs, as the database holds them, the least recently used first.
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs_bound = cached_jobs
+        # Committed outbox rows not sent, by position: every one past `_records_after`.
+        self._records: OrderedDict[int, OutboxRecord] = OrderedDict()
+        self._records_bound = cached_records
+        self._records_after = 0
+        self._assigned_position = 0  # the last outbox position a commit of this store used
         self._committed_position = 0
         self._depth = 0
         self._dirty = asyncio.Event()
@@ -164,6 +198,11 @@ class SqliteStore:
             "SELECT COALESCE(MAX(position), 0) FROM outbox"
         ).fetchone()[0]
         self._depth = writer.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._assigned_position = writer.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()[0]
+        # The rows already there are not in memory (none at all: memory has every row).
+        self._records_after = self._committed_position if self._depth else 0
         self._committer = asyncio.create_task(self._commit_loop(), name="store-committer")
         log.info("store_opened", path=str(self._path), outbox_depth=self._depth)
 
@@ -244,6 +283,9 @@ class SqliteStore:
     def _job(self, job_id: str) -> Job | None:
         if (job := self._unsaved_jobs.get(job_id)) is not None:
             return job
+        if (job := self._jobs.get(job_id)) is not None:
+            self._jobs.move_to_end(job_id)
+            return job
         row = self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?",  # noqa: S608 - constant columns
             (job_id,),
@@ -316,6 +358,8 @@ class SqliteStore:
     ) -> Sequence[OutboxRecord]:
         # One writer: positions are assigned in commit order, so `after` is safe here.
         if lanes is None:
+            if (records := self._unsent_in_memory(limit, after)) is not None:
+                return records
             rows = self._read(
                 f"SELECT {OUTBOX_COLUMNS} FROM outbox "  # noqa: S608
                 "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
@@ -326,6 +370,23 @@ class SqliteStore:
             sql, held = _unsent_of_lanes(lanes)
             rows = self._read(sql, (*held, *held, self._committed_position, limit))
         return [record_from_row(row) for row in rows]
+
+    def _unsent_in_memory(self, limit: int, after: int) -> list[OutboxRecord] | None:
+        """What the SELECT of `unsent` returns, if memory has every row it would: None if
+        some may be only in the database (before `_records_after`)."""
+        if after < self._records_after:
+            return None
+        # The reader (the relay) reads on from `after`: the rows up to it are forgotten, and
+        # a read from before it (a retry, after a failed publish) goes to the database.
+        self._cover_from(min(after, self._committed_position))
+        return list(islice(self._records.values(), limit if limit >= 0 else None))
+
+    def _cover_from(self, position: int) -> None:
+        """Keep the outbox rows past `position` only: reads from before it go to the database."""
+        self._records_after = max(self._records_after, position)
+        records = self._records
+        while records and next(iter(records)) <= self._records_after:
+            records.popitem(last=False)
 
     async def mark_sent(self, positions: Iterable[int]) -> None:
         # Not waited for: if this commit fails, the messages are published again, with the
@@ -408,6 +469,7 @@ class SqliteStore:
             later, self._batch = self._batch, _Batch()
             self._unsaved_jobs.clear()
             self._unsaved_documents.clear()
+            self._distrust_memory()
             log.exception(
                 "store_commit_failed", waiting=len(batch.waiters), failed_with_it=len(later.waiters)
             )
@@ -417,6 +479,7 @@ class SqliteStore:
         self.healthy = True
         self._committed_position = max(self._committed_position, last_position)
         self._depth += len(batch.outbox_rows) - len(batch.sent)
+        self._remember(batch, last_position)
         self._forget(batch)
         _resolve(batch.waiters, None)
         for listener in self._listeners:
@@ -424,6 +487,46 @@ class SqliteStore:
                 listener()
             except Exception:
                 log.exception("commit_listener_failed")
+
+    def _distrust_memory(self) -> None:
+        """After a failed commit: it may have committed all the same (an I/O error at its
+        COMMIT), so memory no longer knows what the database holds. It learns again from
+        the next commits (see `_remember_records` for the rows such a commit may have added)."""
+        self._jobs.clear()
+        self._cover_from(self._assigned_position)
+
+    def _remember(self, batch: _Batch, last_position: int) -> None:
+        """Keep what the committed `batch` wrote, as `_write` applied it (its writes, then
+        its deletions), as the database now holds it."""
+        jobs = self._jobs
+        for job in batch.jobs:  # in order: the last write of a job is the one stored
+            jobs[job.job_id] = job_as_stored(job)
+            jobs.move_to_end(job.job_id)
+        for (job_id,) in batch.purged:
+            jobs.pop(job_id, None)
+        while len(jobs) > self._jobs_bound:
+            jobs.popitem(last=False)
+        self._remember_records(batch, last_position)
+
+    def _remember_records(self, batch: _Batch, last_position: int) -> None:
+        records = self._records
+        if batch.messages:
+            # One writer, and AUTOINCREMENT: the batch's rows took the positions that follow
+            # the last one used, in order, up to `last_position`.
+            first = last_position - len(batch.messages) + 1
+            if first - 1 != self._assigned_position:
+                # Positions this store did not see committed (a commit reported failed that
+                # did commit): their rows, if any, are only in the database.
+                self._cover_from(first - 1)
+            self._assigned_position = last_position
+            for position, (message, enqueued_at, lane) in enumerate(batch.messages, first):
+                records[position] = OutboxRecord(
+                    position, outgoing_as_stored(message), enqueued_at, lane
+                )
+        for (position,) in batch.sent:
+            records.pop(position, None)
+        if (excess := len(records) - self._records_bound) > 0:
+            self._cover_from(next(islice(records, excess - 1, None)))  # the oldest `excess`
 
     def _forget(self, batch: _Batch) -> None:
         """Reads go to the database again for what `batch` wrote (unless written since)."""
