@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from typing import Any
 
@@ -21,19 +19,18 @@ from tests.integration.conftest import (
     statuses,
     unique,
 )
+from tests.waits import wait_until_async
 
 pytestmark = pytest.mark.brokers
 
 
-async def claimed(service: Service, lane: str, timeout: float = 5.0) -> bool:
-    """Whether `service` takes `lane` within `timeout`. A replica claims nothing until its
-    lease is registered, which may come just after it reports ready."""
-    deadline = time.monotonic() + timeout
-    while not await service.coordinator.claim(lane):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+async def claim(service: Service, lane: str) -> None:
+    """Have `service` take `lane`. A replica claims nothing until its lease is registered,
+    which may come just after it reports ready."""
+    await wait_until_async(
+        lambda: service.coordinator.claim(lane),
+        what=f"{service.settings.mqtt_client_id} claimed {lane}",
+    )
 
 
 async def test_a_force_cancel_received_by_one_replica_stops_the_job_printing_on_the_other(
@@ -142,8 +139,8 @@ async def test_each_replica_publishes_the_events_of_the_lanes_it_holds(
         ) as b,
     ):
         queue_a, queue_b = unique("qa"), unique("qb")
-        assert await claimed(a, queue_a)
-        assert await claimed(b, queue_b)
+        await claim(a, queue_a)
+        await claim(b, queue_b)
         queue = await amqp.declare_queue(exclusive=True, auto_delete=True)
         listener = Listener(amqp, queue)
         job_ids: dict[str, list[str]] = {queue_a: [], queue_b: []}
@@ -219,7 +216,7 @@ async def test_publishing_moves_with_a_lane_when_its_holder_stops(
         async with start_service(
             database_url=postgres_url, print_duration=0.05, mqtt_commands_topic="other/+"
         ) as b:
-            assert await claimed(b, queue_id)
+            await claim(b, queue_id)
             await publisher.raw(
                 f"other/{queue_id}",
                 json.dumps({"jobId": before}).encode(),
