@@ -125,10 +125,8 @@ class _Batch:
         jobs = list(tx.jobs.values())
         job_rows = checked([job_row(job, _iso) for job in jobs], nul_in_text=True)
         history_rows = checked([history_row(job, _iso) for job in jobs], nul_in_text=True)
-        outbox_rows = checked(
-            [outbox_row(m, now, lane) for m, lane in zip(tx.messages, lanes, strict=True)],
-            nul_in_text=True,
-        )
+        messages = [(m, now, row_lane) for m, row_lane in zip(tx.messages, lanes, strict=True)]
+        outbox_rows = checked([outbox_row(*message) for message in messages], nul_in_text=True)
         letters = checked([dead_letter_row(letter) for letter in tx.letters], nul_in_text=True)
         self.letters.extend(letters)
         self.dropped_letters.extend((id_,) for id_ in tx.dropped_letters)
@@ -139,7 +137,7 @@ class _Batch:
         self.dropped_documents.extend((job_id,) for job_id in documents_to_drop(jobs))
         self.documents.extend(tx.documents.items())
         self.outbox_rows.extend(outbox_rows)
-        self.messages.extend((m, now, lane) for m, lane in zip(tx.messages, lanes, strict=True))
+        self.messages.extend(messages)
         self.sent.extend((position,) for position in tx.sent)
         self.waiters.append(tx.durable)
 
