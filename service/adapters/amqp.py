@@ -82,7 +82,12 @@ class AmqpPublisher:
         self._metrics = metrics
         self._ssl_context = ssl_context
         # RabbitMQ refuses a publish whose user_id is not the connection's user.
-        self._properties = PropertyEncoder(user_id=url.username or "guest", gzip=gzip_bodies)
+        try:
+            self._properties = PropertyEncoder(user_id=url.username or "guest", gzip=gzip_bodies)
+        except ValueError as exc:  # refused now, rather than every event parked later
+            raise ConfigError(
+                f"AMQP_URL's user name cannot be carried as an event's user_id: {exc}"
+            ) from exc
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchanges: dict[Kind, str] = {}  # the exchange of each kind of message

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from pamqp.commands import Basic
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from service.adapters.amqp import AmqpPublisher
 from service.adapters.amqp_properties import (
     APP_ID,
     BCC,
@@ -22,8 +24,10 @@ from service.adapters.amqp_properties import (
     REPLY_TO,
     PropertyEncoder,
 )
+from service.config import BrokerUrl, ConfigError
 from service.core.events import Kind, Outgoing
 from service.core.tracecontext import TraceContext, trace_context
+from service.metrics import Metrics
 from service.models import EventHeaders, XMessageType
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -172,3 +176,12 @@ def test_a_consumer_reads_the_operation_binding() -> None:
         "x-message-type": "commandRejected",
         "traceparent": TRACEPARENT,
     }
+
+
+@pytest.mark.parametrize("user", ["u" * 256, "%F0%9F%96%A8" * 64], ids=["256 bytes", "256 UTF-8"])
+def test_a_user_name_amqp_cannot_carry_is_a_configuration_error(user: str) -> None:
+    url = BrokerUrl(f"amqp://{user}:secret@127.0.0.1:5672/", schemes=("amqp", "amqps"))
+    with pytest.raises(ConfigError, match="user name cannot be carried"):
+        AmqpPublisher(
+            url=url, connection_name="t", gzip_bodies=True, metrics=Metrics(CollectorRegistry())
+        )
