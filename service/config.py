@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
@@ -20,7 +20,10 @@ from service.core.access import AccessControl, KeyTable
 from service.core.addresses import AddressPolicy
 from service.core.queues import QueueConfigError, QueueMap
 
-__all__ = ["BrokerUrl", "ConfigError", "Settings"]
+__all__ = ["MAX_PUBLISH_CONCURRENCY", "BrokerUrl", "ConfigError", "Settings"]
+
+# Publishes the relay may have waiting for the broker's confirm at once (PUBLISH_CONCURRENCY).
+MAX_PUBLISH_CONCURRENCY: Final = 10_000
 
 
 class ConfigError(Exception):
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
     amqp_cert_file: Path | None = None
     amqp_key_file: Path | None = None
     event_gzip: bool = True
-    publish_concurrency: int = Field(default=256, ge=1, le=10_000)
+    publish_concurrency: int = Field(default=256, ge=1, le=MAX_PUBLISH_CONCURRENCY)
 
     # --- Who may send what (README: Security). Without keys the service does not start,
     # unless AUTH_DISABLED says so explicitly: a forgotten secret must not open it to all.

@@ -16,9 +16,10 @@ import gzip
 import ssl
 import struct
 import zlib
-from typing import Final
+from typing import Final, cast
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractIncomingMessage,
@@ -169,7 +170,11 @@ class AmqpPublisher:
 
     async def publish(self, message: Outgoing) -> None:
         """Publish and wait for the broker's confirm: through aiormq's channel, below
-        aio-pika's Message and Exchange, with properties encoded by `PropertyEncoder`."""
+        aio-pika's Message and Exchange, with properties encoded by `PropertyEncoder`.
+
+        Not waiting for the frame's drain (`wait=False`) lets the publishes of one loop
+        iteration leave in one write (`amqp_transport`); the confirm is what says the
+        broker has the message, and the relay bounds how many wait for one."""
         exchange = self._exchanges.get(message.kind)
         channel = self._channel
         if exchange is None or channel is None:
@@ -179,13 +184,15 @@ class AmqpPublisher:
             body = gzip_body(message.body) if self._gzip else message.body
             if channel.is_closed:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
-            underlay = await channel.get_underlay_channel()
+            # aiormq's channel (its abstract type does not declare `wait`).
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             await underlay.basic_publish(
                 body,
                 exchange=exchange,
                 routing_key=message.routing_key,
                 properties=properties,
                 mandatory=False,
+                wait=False,
             )
         except _UNENCODABLE as exc:  # raised before anything is sent
             raise Unpublishable(f"cannot be encoded as AMQP: {exc!r}") from exc

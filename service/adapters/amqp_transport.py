@@ -10,20 +10,33 @@ whose high-water mark pauses `drain`).
 
 It plugs in through aiormq's `TransportFactory` (public, `Connection(transport_factory=)`)
 and an aio-pika connection class that hands the factory down.
+
+Joining only pays if an iteration has several publishes to write. aiormq queues each
+publish for its writer task in a queue of 10 (`Connection.FRAME_BUFFER_SIZE`): past that,
+a publish waits for the writer while holding the channel's lock, and every later one is
+handed the lock one loop iteration at a time, so a flood goes out one publish per
+iteration. The connection class raises that bound above what the relay can have in flight
+(`MAX_PUBLISH_CONCURRENCY`), and the publisher does not wait for its frame's drain, only
+for the broker's confirm: the publishes an iteration starts leave in one `send`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import aiormq
 from yarl import URL
 
+from service.config import MAX_PUBLISH_CONCURRENCY
+
 __all__ = ["CoalescingConnection", "CoalescingTransport", "CoalescingTransportFactory"]
 
+# Publishes aiormq's write queue holds: every one the relay may have in flight, and the
+# channels' own frames (the relay's in-flight bound is what bounds memory, not this).
+WRITE_QUEUE_FRAMES: Final = MAX_PUBLISH_CONCURRENCY + 256
 # asyncio.open_connection's default read limit.
 _READ_LIMIT = 2**16
 
@@ -134,3 +147,8 @@ class CoalescingConnection(aio_pika.RobustConnection):
     def __init__(self, url: URL, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(url, **kwargs)
         self.kwargs["transport_factory"] = CoalescingTransportFactory()
+        # aiormq reads the write queue's size from its class when it makes a connection
+        # (and has no per-connection setting): raised for every connection of the process.
+        aiormq.Connection.FRAME_BUFFER_SIZE = max(
+            aiormq.Connection.FRAME_BUFFER_SIZE, WRITE_QUEUE_FRAMES
+        )

@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from service.adapters.amqp import AmqpPublisher
 from service.adapters.amqp_properties import PropertyEncoder
-from service.adapters.amqp_transport import CoalescingTransportFactory
+from service.adapters.amqp_transport import (
+    WRITE_QUEUE_FRAMES,
+    CoalescingTransport,
+    CoalescingTransportFactory,
+)
 from service.config import BrokerUrl
 from service.core.events import Kind, Outgoing
 from service.metrics import Metrics
@@ -86,3 +92,49 @@ async def test_the_connection_writes_through_the_coalescing_transport(
     factory = getattr(underlay.connection, "_transport_factory", None)
     assert isinstance(factory, CoalescingTransportFactory)
     await publisher.publish(message())
+
+
+async def test_publishes_started_together_leave_in_a_few_writes(
+    brokers: Brokers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With aiormq's write queue of 10 and a wait for each frame's drain, 300 concurrent
+    # publishes would take about 300 loop iterations and as many sends; they must go out
+    # together (amqp_transport), and every one still be confirmed.
+    transports: list[CoalescingTransport] = []
+    create = CoalescingTransportFactory.create
+
+    async def recorded(
+        self: CoalescingTransportFactory, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await create(self, url, **kwargs)
+        assert isinstance(writer.transport, CoalescingTransport)
+        transports.append(writer.transport)
+        return reader, writer
+
+    monkeypatch.setattr(CoalescingTransportFactory, "create", recorded)
+    publisher = AmqpPublisher(
+        url=BrokerUrl(brokers.amqp_url, schemes=("amqp", "amqps")),
+        connection_name=f"test-{uuid.uuid4()}",
+        gzip_bodies=True,
+        metrics=Metrics(CollectorRegistry()),
+    )
+    assert await publisher.connect(asyncio.Event())
+    try:
+        connection = publisher._connection
+        assert connection is not None
+        assert connection.transport is not None
+        assert connection.transport.connection.write_queue.maxsize >= WRITE_QUEUE_FRAMES
+        (transport,) = transports
+        sends = 0
+        inner_write = transport._inner.write
+
+        def counted(data: bytes | bytearray | memoryview) -> None:
+            nonlocal sends
+            sends += 1
+            inner_write(data)
+
+        monkeypatch.setattr(transport._inner, "write", counted)
+        await asyncio.gather(*(publisher.publish(message()) for _ in range(300)))
+    finally:
+        await publisher.close()
+    assert 0 < sends < 30, f"300 publishes took {sends} sends"
