@@ -18,6 +18,7 @@ from service.ports import DeadLetter, OutboxRecord, StoreRefused
 __all__ = [
     "DEAD_LETTER_COLUMNS",
     "JOB_COLUMNS",
+    "JOB_UPDATED",
     "JOB_UPDATES",
     "OUTBOX_COLUMNS",
     "Row",
@@ -40,11 +41,17 @@ JOB_COLUMNS: Final = (
     "job_id, queue_id, status, sequence, priority, user_id, document_name, "
     "created_at, updated_at, correlation_id, reason, details"
 )
-# What an upsert of an existing job changes (`queue_id`: a move).
-JOB_UPDATES: Final = ", ".join(
-    f"{column} = excluded.{column}"
-    for column in ("queue_id", "status", "sequence", "priority", "updated_at", "reason", "details")
+# What an upsert of an existing job changes (`queue_id`: a move); the others stay as created.
+JOB_UPDATED: Final = (
+    "queue_id",
+    "status",
+    "sequence",
+    "priority",
+    "updated_at",
+    "reason",
+    "details",
 )
+JOB_UPDATES: Final = ", ".join(f"{column} = excluded.{column}" for column in JOB_UPDATED)
 OUTBOX_COLUMNS: Final = (
     "position, message_id, kind, routing_key, order_key, body, correlation_id, label, "
     "received_at, traceparent, tracestate, enqueued_at, lane"
