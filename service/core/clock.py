@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,4 +21,8 @@ def utc_now() -> datetime:
 
 
 def new_id() -> uuid.UUID:
-    return uuid.uuid4()
+    """A random (version 4) UUID drawn from `random`, not from the OS as `uuid4` does: an
+    event id must be unique, not secret, and `os.urandom` is a system call that gives up the
+    GIL (for the store's committer thread to take) for each of a job's ids. `random` is
+    seeded from the OS and reseeds itself in a forked child."""
+    return uuid.UUID(int=random.getrandbits(128), version=4)
