@@ -270,9 +270,7 @@ class CommandHandler:
                 tx=tx, command=command, now=now, new_id=self._new_id, after_commit=after_commit
             )
             outcome = await self._apply_one(step)
-            after_commit.append(
-                self._metrics.commands.labels(command.message_type.value, outcome).inc
-            )
+            after_commit.append(self._metrics.commands_of(command.message_type.value, outcome).inc)
 
     async def _apply_one(self, step: _Step) -> str:
         message = step.command.message
@@ -346,7 +344,7 @@ class CommandHandler:
             step.tx.put_document(result.job_id, command.document)
         step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.enqueue(result))
-        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        step.after_commit.append(self._metrics.jobs_in(result.status.value).inc)
         log.info(
             "job_created",
             priority=result.priority.value,
@@ -370,8 +368,8 @@ class CommandHandler:
         step.tx.put(result)
         step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.release(result))
-        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
-        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        step.after_commit.append(self._metrics.jobs_in(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs_in(result.status.value).inc)
         log.info("job_released", **step.ids())
         return "accepted"
 
@@ -396,8 +394,8 @@ class CommandHandler:
             return self._refuse(step, _release_refused(f"wrong PIN ({left} attempts left)"))
         step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
-        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
-        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        step.after_commit.append(self._metrics.jobs_in(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs_in(result.status.value).inc)
         log.warning("job_canceled", reason=result.reason, **step.ids())
         return self._refuse(
             step,
@@ -415,8 +413,8 @@ class CommandHandler:
         step.tx.put(result)
         step.emit(_event(step, result))
         step.after_commit.append(lambda: self._dispatcher.withdraw(job))
-        step.after_commit.append(self._metrics.jobs.labels(job.status.value).dec)
-        step.after_commit.append(self._metrics.jobs.labels(result.status.value).inc)
+        step.after_commit.append(self._metrics.jobs_in(job.status.value).dec)
+        step.after_commit.append(self._metrics.jobs_in(result.status.value).inc)
         log.info("job_canceled", force=message.force, was=job.status.value, **step.ids())
         return "accepted"
 
@@ -543,7 +541,7 @@ class CommandHandler:
         _log_rejection(rejection)
         # Only the contract's names: a label made from input would be an attacker's to set.
         label = rejection.message_type if rejection.message_type in MESSAGE_TYPES else "unknown"
-        after_commit.append(self._metrics.commands.labels(label, "rejected").inc)
+        after_commit.append(self._metrics.commands_of(label, "rejected").inc)
 
 
 def _run_after_commit(effects: list[Callable[[], None]], durable: asyncio.Future[None]) -> None:

@@ -422,10 +422,10 @@ class OutboxRelay:
     def _observe(self, record: OutboxRecord) -> None:
         message = record.message
         if message.kind is Kind.rejection:
-            self._metrics.rejections.labels(message.label).inc()
+            self._metrics.rejections_of(message.label).inc()
         else:
-            self._metrics.events.labels(message.label).inc()
+            self._metrics.events_of(message.label).inc()
         if message.received_at is not None:
-            self._metrics.latency.labels(message.label).observe(
+            self._metrics.latency_of(message.label).observe(
                 max(0.0, time.time() - message.received_at)
             )

@@ -413,8 +413,8 @@ class JobProgress:
             )
             tx.emit(with_trace(event, job.trace))
         tx.durable.add_done_callback(partial(self._check_commit, job_id))
-        self._metrics.jobs.labels(job.status.value).dec()
-        self._metrics.jobs.labels(result.status.value).inc()
+        self._metrics.jobs_in(job.status.value).dec()
+        self._metrics.jobs_in(result.status.value).inc()
         log.info(
             "job_status_changed",
             status=result.status.value,

@@ -82,7 +82,7 @@ class Takeover:
             return
         resumed = waiting = 0
         for job in unfinished:
-            self._metrics.jobs.labels(job.status.value).inc()
+            self._metrics.jobs_in(job.status.value).inc()
             resumed += job.status is JobStatus.started
             self._jobs.enqueue(job)
             waiting += self._jobs.knows(job.job_id)
