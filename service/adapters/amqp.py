@@ -28,8 +28,8 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
 from pamqp.common import FieldTable
-from pamqp.exceptions import PAMQPException
 
+from service.adapters.amqp_frames import PublishFrames, publish
 from service.adapters.amqp_properties import PropertyEncoder
 from service.adapters.amqp_transport import CoalescingConnection
 from service.aio import sleep_unless
@@ -58,8 +58,8 @@ EVENTS_QUEUE: Final = "events/jobs"
 REJECTIONS_QUEUE: Final = "events/rejections"
 QUEUE_ARGUMENTS: Final[FieldTable] = {"x-max-priority": 10}
 _GZIP_WBITS: Final = 16 + 12  # gzip framing, 4 KB window
-# What encoding a message raises (pamqp, the contract's headers): the message is at fault.
-_UNENCODABLE: Final = (ValueError, TypeError, OverflowError, struct.error, PAMQPException)
+# What encoding a message raises (a field AMQP cannot carry): the message is at fault.
+_UNENCODABLE: Final = (ValueError, TypeError, OverflowError, struct.error)
 # The first connect retries soon (a broker starting with us); then they thin out to 30 s.
 _CONNECT_FIRST_S: Final = 0.5
 _CONNECT_CAP_S: Final = 30.0
@@ -91,7 +91,7 @@ class AmqpPublisher:
             ) from exc
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._exchanges: dict[Kind, str] = {}  # the exchange of each kind of message
+        self._frames: dict[Kind, PublishFrames] = {}  # by the exchange of each kind
 
     @property
     def connected(self) -> bool:
@@ -153,14 +153,14 @@ class AmqpPublisher:
                     arguments=QUEUE_ARGUMENTS,
                 )
                 await queue.bind(exchange, routing_key="#")
-                self._exchanges[kind] = exchange.name
+                self._frames[kind] = PublishFrames(exchange.name)
             # Counts and list answers share the events exchange (and the `events/jobs` queue).
-            self._exchanges[Kind.counts] = self._exchanges[Kind.job_event]
-            self._exchanges[Kind.job_list] = self._exchanges[Kind.job_event]
+            self._frames[Kind.counts] = self._frames[Kind.job_event]
+            self._frames[Kind.job_list] = self._frames[Kind.job_event]
             # Printer statuses too: a consumer of `events/jobs` sees a printer stop beside
             # the jobs it holds up; one that wants only printers binds `printers/#`.
-            self._exchanges[Kind.printer_status] = self._exchanges[Kind.job_event]
-            self._exchanges[Kind.printer_status_list] = self._exchanges[Kind.job_event]
+            self._frames[Kind.printer_status] = self._frames[Kind.job_event]
+            self._frames[Kind.printer_status_list] = self._frames[Kind.job_event]
         except ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"RabbitMQ already has {EVENTS_QUEUE!r} or {REJECTIONS_QUEUE!r} declared with "
@@ -169,33 +169,32 @@ class AmqpPublisher:
             ) from exc
 
     async def publish(self, message: Outgoing) -> None:
-        """Publish and wait for the broker's confirm: through aiormq's channel, below
-        aio-pika's Message and Exchange, with properties encoded by `PropertyEncoder`.
+        """Publish and wait for the broker's confirm: on aiormq's channel, below aio-pika's
+        Message and Exchange and aiormq's pamqp objects, with the properties encoded by
+        `PropertyEncoder` and the frames by `PublishFrames`.
 
-        Not waiting for the frame's drain (`wait=False`) lets the publishes of one loop
-        iteration leave in one write (`amqp_transport`); the confirm is what says the
+        The frames are queued, not waited for until written: the publishes of one loop
+        iteration leave in one write (`amqp_transport`), the confirm is what says the
         broker has the message, and the relay bounds how many wait for one."""
-        exchange = self._exchanges.get(message.kind)
+        frames = self._frames.get(message.kind)
         channel = self._channel
-        if exchange is None or channel is None:
+        if frames is None or channel is None:
             raise ConnectionError("the AMQP publisher is not connected")
+        if channel.is_closed:
+            raise ChannelInvalidStateError(f"{channel!r} closed")
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
         try:
-            properties = self._properties.encode(message)
-            body = gzip_body(message.body) if self._gzip else message.body
-            if channel.is_closed:
-                raise ChannelInvalidStateError(f"{channel!r} closed")
-            # aiormq's channel (its abstract type does not declare `wait`).
-            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-            await underlay.basic_publish(
-                body,
-                exchange=exchange,
+            encoded = frames.encode(
+                channel=underlay.number,
                 routing_key=message.routing_key,
-                properties=properties,
-                mandatory=False,
-                wait=False,
+                properties=self._properties.encode(message),
+                body=gzip_body(message.body) if self._gzip else message.body,
+                max_body=underlay.max_content_size,
             )
-        except _UNENCODABLE as exc:  # raised before anything is sent
+        except _UNENCODABLE as exc:  # nothing is sent
             raise Unpublishable(f"cannot be encoded as AMQP: {exc!r}") from exc
+        try:
+            await publish(underlay, encoded)
         except ChannelPreconditionFailed as exc:  # 406: the broker closed the channel
             raise PublishRefused(f"{exc!r}") from exc
 

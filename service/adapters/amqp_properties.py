@@ -6,8 +6,7 @@ id, the correlation id, the type, the timestamp and the trace differ. pamqp enco
 property of each message through its generic, type-dispatching encoder, which a profile
 showed as the largest part of a publish; here the constant runs are encoded once and the
 per-message fields packed between them. The bytes are pamqp's to the byte (a property test
-compares the two for any message), and `EncodedProperties` hands them to aiormq as the
-`Basic.Properties` of its content header.
+compares the two for any message); `amqp_frames` puts them in the content header.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ __all__ = [
     "MESSAGE_TTL_S",
     "PRIORITY",
     "REPLY_TO",
-    "EncodedProperties",
     "PropertyEncoder",
 ]
 
@@ -86,18 +84,6 @@ _TRACEPARENT_KEY: Final = _short("traceparent")
 _TRACESTATE_KEY: Final = _short("tracestate")
 
 
-class EncodedProperties(Basic.Properties):
-    """`Basic.Properties` already encoded: aiormq reads `message_id` (to match a returned
-    message to its publish) and pamqp's content header asks `marshal` for the bytes."""
-
-    def __init__(self, encoded: bytes, *, message_id: str) -> None:
-        super().__init__(message_id=message_id)
-        self._encoded = encoded
-
-    def marshal(self) -> bytes:
-        return self._encoded
-
-
 class PropertyEncoder:
     """The properties of one publisher's messages (its user id; gzip or not)."""
 
@@ -107,8 +93,9 @@ class PropertyEncoder:
         self._head = _prefix(gzip=gzip)
         self._tail = _short(user_id) + _short(APP_ID)
 
-    def encode(self, message: Outgoing, *, now: float | None = None) -> EncodedProperties:
-        """The message's properties, stamped `now` (default: the time of the call).
+    def encode(self, message: Outgoing, *, now: float | None = None) -> bytes:
+        """The message's properties (flags, then values), stamped `now` (default: the
+        time of the call).
 
         ValueError (UnicodeError included) if a field cannot be carried: a correlation id
         that is not 1-255 printable ASCII (the contract's EventHeaders), an id over 255
@@ -117,7 +104,7 @@ class PropertyEncoder:
         correlation_id = message.correlation_id
         if not _CORRELATION_ID.fullmatch(correlation_id):
             raise ValueError("x-correlation-id must be 1-255 printable ASCII characters")
-        encoded = b"".join(
+        return b"".join(
             (
                 self._head,
                 _table(message, correlation_id),
@@ -130,7 +117,6 @@ class PropertyEncoder:
                 self._tail,
             )
         )
-        return EncodedProperties(encoded, message_id=message.message_id)
 
 
 _PERSISTENT_PRIORITY: Final = bytes((_PERSISTENT, PRIORITY))

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import event as count_outcome
 from hypothesis import strategies as st
-from pamqp import body as pamqp_body
-from pamqp import commands, frame, header
+from pamqp import commands, frame
 
 from service.adapters.amqp import REJECTIONS_EXCHANGE, gzip_body
+from service.adapters.amqp_frames import PublishFrames
 from service.adapters.amqp_properties import PropertyEncoder
 from service.core.access import AccessControl, KeyTable
 from service.core.codec import CommandDecoder, DecodedCommand, Inbound, Rejection, valid_queue_id
@@ -311,22 +311,21 @@ EVERY_DECODER: Final = st.sampled_from([a_decoder(None), a_decoder(API_KEYS), a_
 
 
 def assert_publishable(outgoing: Outgoing, exchange: str) -> None:
-    """The outgoing message as the publisher and aiormq put it on the wire: it encodes."""
-    assert len(outgoing.routing_key.encode()) <= 255
+    """The outgoing message as the publisher puts it on the wire: it encodes, and the
+    broker's client library reads it back."""
     encoded = PropertyEncoder(user_id="guest", gzip=True).encode(outgoing)
     body = gzip_body(outgoing.body)
-    # What aiormq's Channel.basic_publish marshals: the method, the content header, the body.
-    frames: list[commands.Basic.Publish | header.ContentHeader | pamqp_body.ContentBody] = [
-        commands.Basic.Publish(exchange=exchange, routing_key=outgoing.routing_key),
-        header.ContentHeader(0, len(body), encoded),
-    ]
-    frames += [
-        pamqp_body.ContentBody(body[i : i + MAX_CONTENT_SIZE])
-        for i in range(0, len(body), MAX_CONTENT_SIZE)
-    ]
-    for item in frames:
-        assert frame.marshal(item, 1)
-    properties = decode_properties(encoded.marshal())
+    frames = PublishFrames(exchange).encode(
+        channel=1,
+        routing_key=outgoing.routing_key,
+        properties=encoded,
+        body=body,
+        max_body=MAX_CONTENT_SIZE,
+    )
+    method = frame.unmarshal(frames)[2]
+    assert isinstance(method, commands.Basic.Publish)
+    assert method.routing_key == outgoing.routing_key
+    properties = decode_properties(encoded)
     assert properties.correlation_id == outgoing.correlation_id
     assert properties.headers is not None
     assert properties.headers["x-correlation-id"] == outgoing.correlation_id

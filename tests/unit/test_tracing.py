@@ -254,7 +254,7 @@ def an_outgoing(trace: TraceContext | None) -> Outgoing:
 
 def amqp_headers(message: Outgoing) -> dict[str, object]:
     encoded = PropertyEncoder(user_id="guest", gzip=False).encode(message)
-    headers = decode_properties(encoded.marshal()).headers
+    headers = decode_properties(encoded).headers
     assert headers is not None
     return dict(headers)
 
