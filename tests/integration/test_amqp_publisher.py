@@ -138,3 +138,21 @@ async def test_publishes_started_together_leave_in_a_few_writes(
     finally:
         await publisher.close()
     assert 0 < sends < 30, f"300 publishes took {sends} sends"
+
+
+async def test_publishes_cancelled_while_awaiting_their_confirm_leave_the_channel_in_step(
+    publisher: AmqpPublisher,
+) -> None:
+    # The relay cancels publishes when it stops or loses a lane: the delivery tags and
+    # confirms of the others must stay matched, and later publishes be confirmed.
+    tasks = [asyncio.create_task(publisher.publish(message())) for _ in range(400)]
+    await asyncio.sleep(0)  # every one has queued its frames and waits for its confirm
+    for task in tasks[::3]:
+        task.cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = [o for o in outcomes if isinstance(o, asyncio.CancelledError)]
+    assert len(cancelled) == len(tasks[::3])
+    assert all(o is None for o in outcomes if not isinstance(o, asyncio.CancelledError))
+    await asyncio.wait_for(
+        asyncio.gather(*(publisher.publish(message()) for _ in range(100))), timeout=30
+    )
