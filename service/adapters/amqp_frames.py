@@ -53,14 +53,15 @@ class PublishFrames:
         self, *, channel: int, routing_key: str, properties: bytes, body: bytes, max_body: int
     ) -> bytes:
         """The method, content header and body frames (the body split in frames of at most
-        `max_body` bytes, none if it is empty). ValueError if the routing key is over 255
-        bytes (or not valid Unicode)."""
+        `max_body` bytes, none if it is empty; a broker with no frame limit, `frame_max` 0,
+        leaves aiormq a `max_body` below 1: one frame). ValueError if the routing key is
+        over 255 bytes (or not valid Unicode)."""
         method = self._method_head + _short(routing_key, "a routing key") + _NO_FLAGS
         frames = [
             _frame(_FRAME_METHOD, channel, method),
             _frame(_FRAME_HEADER, channel, _CONTENT_HEAD.pack(60, len(body)) + properties),
         ]
-        if len(body) <= max_body:
+        if max_body < 1 or len(body) <= max_body:
             if body:
                 frames.append(_frame(_FRAME_BODY, channel, body))
         else:

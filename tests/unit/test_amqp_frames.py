@@ -30,7 +30,10 @@ def pamqp_frames(
     exchange: str, channel: int, routing_key: str, properties: bytes, body: bytes, max_body: int
 ) -> bytes:
     """What aiormq's basic_publish queues (its `_split_body`, pamqp's marshalling)."""
-    chunks = [body[i : i + max_body] for i in range(0, len(body), max_body)]
+    if max_body < 1:  # aiormq's _split_body, with no frame limit (frame_max 0)
+        chunks = [body] if body else []
+    else:
+        chunks = [body[i : i + max_body] for i in range(0, len(body), max_body)]
     frames: list[Basic.Publish | ContentHeader | ContentBody] = [
         Basic.Publish(exchange=exchange, routing_key=routing_key),
         ContentHeader(properties=_Encoded(properties), body_size=len(body)),
@@ -52,6 +55,7 @@ routing_keys = st.text(st.characters(exclude_categories=["Cs"]), max_size=80).fi
     body=st.binary(max_size=3000),
     max_body=st.integers(1, 1200),
 )
+@example(EVENTS_EXCHANGE, 1, "k", b"", b"x" * 20, -8)  # frame_max 0: no limit
 @example(EVENTS_EXCHANGE, 1, "events.jobs.j", b"\x80\x00", b"", 10)
 @example(EVENTS_EXCHANGE, 1, "k" * 255, b"", b"x" * 20, 10)  # exactly two full frames
 def test_the_frames_are_pamqps(
