@@ -36,7 +36,7 @@ from enum import Enum, auto
 
 import structlog
 
-from service.aio import first_of, sleep_unless
+from service.aio import sleep_unless
 from service.core.backoff import Backoff
 from service.core.events import Kind, with_trace
 from service.metrics import Metrics
@@ -151,8 +151,10 @@ class OutboxRelay:
         try:
             async with asyncio.TaskGroup() as tasks:
                 marker = tasks.create_task(self._mark_periodically(), name="outbox-marker")
+                waker = tasks.create_task(self._wake_on(stopping), name="outbox-stop-waker")
                 await self._stream(stopping, drain_timeout)
                 marker.cancel()
+                waker.cancel()
         finally:
             await self._settle()
             try:
@@ -197,7 +199,13 @@ class OutboxRelay:
                 self._oldest_unsent = None
                 if stopping.is_set():
                     return
-            await first_of(self._wakeup.wait(), stopping.wait(), asyncio.sleep(_MARK_EVERY))
+            # One future to wait on (`_wake_on` sets it on a stop too): a commit's rows are
+            # taken on the loop iteration after it, and an idle relay costs no tasks.
+            await sleep_unless(self._wakeup, _MARK_EVERY)
+
+    async def _wake_on(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        self.wake()
 
     async def _read_unsent(self, lanes: OutboxLanes | None) -> list[OutboxRecord]:
         async with self._reading:

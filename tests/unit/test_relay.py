@@ -458,6 +458,31 @@ async def test_a_bug_in_the_marker_reaches_the_caller(times: int) -> None:
 # --- retry pauses, parking, shutdown, leadership -----------------------------------------------
 
 
+async def test_an_idle_relay_takes_a_commit_and_a_stop_within_a_few_loop_iterations() -> None:
+    # It waits on one future, which a commit and a stop both resolve: counted in loop
+    # iterations, not seconds (its idle timeout would take 20 ms). Every iteration between
+    # a commit and its publish is latency added to every event.
+    store, publisher = MemoryStore(), FakePublisher()
+    relay, _ = a_relay(store, publisher)
+    stopping = asyncio.Event()
+    task = start(relay, stopping)
+    await asyncio.sleep(0.05)  # idle: nothing committed
+    message = a_message("job-1")
+    await commit(store, [message])
+    for _ in range(2):  # the relay's wake-up, then its publish's task (it took four)
+        await asyncio.sleep(0)
+    assert publisher.ids() == [message.message_id]
+    await eventually(lambda: store.outbox_depth == 0, "the row marked sent")
+    await asyncio.sleep(0.05)
+    stopping.set()
+    for _ in range(20):
+        if task.done():
+            break
+        await asyncio.sleep(0)
+    assert task.done()
+    await task
+
+
 def tiny_backoff() -> Backoff:
     """The retry rule at a thousandth of its scale: what each pause is, without the wait."""
     return Backoff(first=0.001, cap=0.004)
