@@ -11,6 +11,13 @@ whose high-water mark pauses `drain`).
 It plugs in through aiormq's `TransportFactory` (public, `Connection(transport_factory=)`)
 and an aio-pika connection class that hands the factory down.
 
+Waiting for the iteration's end costs a publish the rest of that iteration and the next
+one's work before it: the transport is therefore told, once the connection is open, how
+many frames aiormq's writer task still has queued (`follows`). The writer writes everything
+queued in one step, so the write after which nothing is queued is the last of the burst,
+and it sends the burst at once; only a write with no such count (during the handshake)
+waits for the iteration's end.
+
 Joining only pays if an iteration has several publishes to write. aiormq queues each
 publish for its writer task in a queue of 10 (`Connection.FRAME_BUFFER_SIZE`): past that,
 a publish waits for the writer while holding the channel's lock, and every later one is
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any, Final
 
 import aio_pika
@@ -49,15 +57,25 @@ class CoalescingTransport(asyncio.Transport):
         self._inner = inner
         self._loop = loop
         self._pending: list[bytes] = []
+        self._scheduled = False
+        # How many frames are still to be written after this one (aiormq's write queue).
+        self.follows: Callable[[], int] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
+        if self.follows is not None and self.follows() == 0:
+            self.flush()  # the last frame queued: the burst is complete
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_scheduled)
 
     def writelines(self, list_of_data: Any) -> None:  # noqa: ANN401 - asyncio's signature
         for data in list_of_data:
             self.write(data)
+
+    def _flush_scheduled(self) -> None:
+        self._scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         """Send what this iteration wrote (a closing transport drops it, as asyncio's does)."""
@@ -116,6 +134,9 @@ class CoalescingTransportFactory(aiormq.TransportFactory):
     """Opens the connection as `asyncio.open_connection` does (TLS for `amqps`), with the
     writer on a `CoalescingTransport`."""
 
+    def __init__(self) -> None:
+        self.transport: CoalescingTransport | None = None  # the latest one made
+
     async def create(
         self,
         url: URL,
@@ -136,7 +157,8 @@ class CoalescingTransportFactory(aiormq.TransportFactory):
             )
         except OSError as exc:
             raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
-        writer = asyncio.StreamWriter(CoalescingTransport(transport, loop), protocol, reader, loop)
+        self.transport = CoalescingTransport(transport, loop)
+        writer = asyncio.StreamWriter(self.transport, protocol, reader, loop)
         return reader, writer
 
 
@@ -146,9 +168,18 @@ class CoalescingConnection(aio_pika.RobustConnection):
 
     def __init__(self, url: URL, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(url, **kwargs)
-        self.kwargs["transport_factory"] = CoalescingTransportFactory()
+        self._factory = CoalescingTransportFactory()
+        self.kwargs["transport_factory"] = self._factory
         # aiormq reads the write queue's size from its class when it makes a connection
         # (and has no per-connection setting): raised for every connection of the process.
         aiormq.Connection.FRAME_BUFFER_SIZE = max(
             aiormq.Connection.FRAME_BUFFER_SIZE, WRITE_QUEUE_FRAMES
         )
+
+    async def _on_connected(self) -> None:
+        # On every (re)connection, before its channels are restored: the socket just opened
+        # learns what aiormq's writer still has queued.
+        transport, underlay = self._factory.transport, self.transport
+        if transport is not None and underlay is not None:
+            transport.follows = underlay.connection.write_queue.qsize
+        await super()._on_connected()

@@ -91,6 +91,10 @@ async def test_the_connection_writes_through_the_coalescing_transport(
     assert underlay is not None
     factory = getattr(underlay.connection, "_transport_factory", None)
     assert isinstance(factory, CoalescingTransportFactory)
+    # ...and the socket knows what aiormq's writer still has queued (a burst is sent once
+    # its last frame is written, not at the end of the next loop iteration).
+    assert factory.transport is not None
+    assert factory.transport.follows == underlay.connection.write_queue.qsize
     await publisher.publish(message())
 
 

@@ -75,3 +75,29 @@ async def test_abort_drops_what_is_pending(pair: Pair) -> None:
     pair.transport.abort()
     await asyncio.sleep(0)
     assert pair.sends == []
+
+
+async def test_the_last_frame_queued_sends_the_burst_at_once(pair: Pair) -> None:
+    # aiormq's writer writes what it has queued in one step: after the write that leaves
+    # nothing queued, waiting for the iteration's end would only add latency.
+    queued = [2, 1, 0]
+    pair.transport.follows = lambda: queued.pop(0)
+    for chunk in (b"a;", b"b;", b"c;"):
+        pair.transport.write(chunk)
+        assert pair.sends == ([b"a;b;c;"] if not queued else [])
+    await asyncio.sleep(0)
+    assert pair.sends == [b"a;b;c;"]
+    assert await received(pair.peer, 6) == b"a;b;c;"
+
+
+async def test_a_burst_cut_short_still_leaves_at_the_iterations_end(pair: Pair) -> None:
+    # The writer may stop with frames still queued (it waits for a drain): what it wrote
+    # is not held back beyond the iteration.
+    pair.transport.follows = lambda: 5
+    pair.transport.write(b"first;")
+    pair.transport.write(b"second;")
+    assert pair.sends == []
+    await asyncio.sleep(0)
+    assert pair.sends == [b"first;second;"]
+    await asyncio.sleep(0)
+    assert pair.sends == [b"first;second;"]  # one flush scheduled, not one per write
