@@ -88,7 +88,9 @@ def _run_service(settings: Settings) -> int:
         return EXIT_CONFIG
 
     async def run() -> None:
-        await Service(settings, queues=queues).run(install_signal_handlers=True)
+        await Service(settings, queues=queues).run(
+            install_signal_handlers=True, freeze_when_ready=True
+        )
 
     try:
         asyncio.run(run())
