@@ -129,7 +129,7 @@ class Settings(BaseSettings):
 
     database_url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///print-service.db"
     store_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    store_commit_delay: float = Field(default=0.002, ge=0, le=1)
+    store_commit_delay: float = Field(default=0.001, ge=0, le=1)
     outbox_ready_limit: int = Field(default=100_000, ge=1)
     store_open_timeout: float = Field(default=30.0, gt=0)
     # PostgreSQL, several replicas: how long a replica's lanes stay its own without a

@@ -150,7 +150,7 @@ class SqliteStore:
         path: Path,
         *,
         synchronous: str = "FULL",
-        commit_delay: float = 0.002,
+        commit_delay: float = 0.001,
         lane_of: LaneOf = lambda queue_id: queue_id,
         cached_jobs: int = COMMITTED_JOBS,
         cached_records: int = COMMITTED_RECORDS,
