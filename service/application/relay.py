@@ -68,6 +68,16 @@ def _retry_backoff() -> Backoff:
     return Backoff(first=0.1, cap=5.0)
 
 
+async def _retry_pause(stopping: asyncio.Event, seconds: float) -> None:
+    """A retry's pause, cut short by a stop. Stopping, the retries go on until the drain's
+    deadline, in short pauses and never none: a store whose reads fail at once (SQLite's
+    do not suspend) would otherwise spin the event loop."""
+    if stopping.is_set():
+        await asyncio.sleep(min(seconds, _FOLLOWER_WAIT))
+    else:
+        await sleep_unless(stopping, seconds)
+
+
 class _Outcome(Enum):
     """How a row's publish ended; its job's next row goes on only after `published`."""
 
@@ -178,9 +188,8 @@ class OutboxRelay:
                 continue
             lanes = self._lanes()
             if lanes is not None and lanes.empty:
-                if stopping.is_set() and not self._tails:
+                if await self._follow(stopping):
                     return
-                await sleep_unless(stopping, _FOLLOWER_WAIT)
                 continue
             self._wakeup.clear()
             try:
@@ -188,7 +197,7 @@ class OutboxRelay:
             except StoreError as exc:
                 pause = reads.delay()
                 log.warning("outbox_read_failed", error=str(exc), retry_in_s=pause)
-                await sleep_unless(stopping, pause)
+                await _retry_pause(stopping, pause)
                 continue
             reads.reset()
             if records:
@@ -202,6 +211,18 @@ class OutboxRelay:
             # One future to wait on (`_wake_on` sets it on a stop too): a commit's rows are
             # taken on the loop iteration after it, and an idle relay costs no tasks.
             await sleep_unless(self._wakeup, _MARK_EVERY)
+
+    async def _follow(self, stopping: asyncio.Event) -> bool:
+        """No lane is held here: wait for one or, stopping, for what is in flight to end.
+        Whether the stream is done."""
+        if not stopping.is_set():
+            await sleep_unless(stopping, _FOLLOWER_WAIT)
+            return False
+        if not self._tails:
+            return True
+        # A real wait: what is in flight ends only if the loop runs (no busy loop).
+        await asyncio.wait(list(self._tails.values()), timeout=_FOLLOWER_WAIT)
+        return False
 
     async def _wake_on(self, stopping: asyncio.Event) -> None:
         await stopping.wait()

@@ -98,6 +98,25 @@ async def test_the_connection_writes_through_the_coalescing_transport(
     await publisher.publish(message())
 
 
+async def test_a_reconnection_tells_the_new_socket_what_aiormq_has_queued(
+    publisher: AmqpPublisher,
+) -> None:
+    connection = publisher._connection
+    assert connection is not None
+    assert connection.transport is not None
+    factory = getattr(connection.transport.connection, "_transport_factory", None)
+    assert isinstance(factory, CoalescingTransportFactory)
+    first = factory.transport
+    await connection.transport.connection.close()  # as a broker that went away
+    async with asyncio.timeout(30):
+        while not (connection.connected.is_set() and factory.transport is not first):
+            await asyncio.sleep(0.05)
+    assert connection.transport is not None
+    assert factory.transport is not None
+    assert factory.transport.follows == connection.transport.connection.write_queue.qsize
+    await publisher.publish(message())  # confirmed on the new connection
+
+
 async def test_publishes_started_together_leave_in_a_few_writes(
     brokers: Brokers, monkeypatch: pytest.MonkeyPatch
 ) -> None:

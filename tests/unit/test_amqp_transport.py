@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -90,14 +91,24 @@ async def test_the_last_frame_queued_sends_the_burst_at_once(pair: Pair) -> None
     assert await received(pair.peer, 6) == b"a;b;c;"
 
 
-async def test_a_burst_cut_short_still_leaves_at_the_iterations_end(pair: Pair) -> None:
+async def test_a_burst_cut_short_still_leaves_at_the_iterations_end(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The writer may stop with frames still queued (it waits for a drain): what it wrote
     # is not held back beyond the iteration.
     pair.transport.follows = lambda: 5
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    call_soon = loop.call_soon
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return call_soon(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon", counted)
     pair.transport.write(b"first;")
     pair.transport.write(b"second;")
     assert pair.sends == []
+    assert len(scheduled) == 1  # one flush for the iteration, not one per write
     await asyncio.sleep(0)
     assert pair.sends == [b"first;second;"]
-    await asyncio.sleep(0)
-    assert pair.sends == [b"first;second;"]  # one flush scheduled, not one per write

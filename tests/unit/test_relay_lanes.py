@@ -319,3 +319,32 @@ async def test_a_row_takes_its_lane_from_the_fence_or_its_jobs_queue() -> None:
     await emit(store, "lane-x", an_event("job-1", 3))  # a dispatcher's: its fence
     lanes = [r.lane for r in await store.unsent(10)]
     assert lanes == ["printers-1", None, None, "printers-1", "lane-x"]
+
+
+async def test_a_relay_left_with_no_lane_drains_without_blocking_the_loop() -> None:
+    # Its lanes gone while a publish is in flight, then the stop: it waits for the publish
+    # to end, yielding (it used to loop without an await until the drain's deadline, the
+    # whole event loop frozen meanwhile).
+    store = MemoryStore()
+    broker = Broker()
+    publisher = SlowPublisher(broker, "A", delay=0.05)
+    lanes = Lanes("lane-a")
+    relay = a_relay(store, publisher, lanes)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping, drain_timeout=1.0))
+    await emit(store, "lane-a", an_event("job-a", 1))
+    await eventually(lambda: publisher.started >= 1, "the publish in flight")
+    lanes.hold()
+    stopping.set()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not task.done():
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    started = time.monotonic()
+    await asyncio.gather(task, tick())
+    assert time.monotonic() - started < 0.5  # the publish's 50 ms, not the 1 s deadline
+    assert ticks >= 3  # the loop ran other work meanwhile

@@ -483,12 +483,14 @@ class SqliteStore:
         self._forget(batch)
         # The relay is told first: its wake-up is then the first thing the next loop
         # iteration runs, before the work the waiters' callbacks start (the printers').
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:
-                log.exception("commit_listener_failed")
-        _resolve(batch.waiters, None)
+        try:
+            for listener in self._listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("commit_listener_failed")
+        finally:  # the batch is committed, whatever a listener does
+            _resolve(batch.waiters, None)
 
     def _distrust_memory(self) -> None:
         """After a failed commit: it may have committed all the same (an I/O error at its
