@@ -1,22 +1,21 @@
-"""The AMQP connection's socket, written once per event-loop iteration.
+"""The AMQP connection's socket, written once per burst of frames.
 
 aiormq's writer task writes each frame as it takes it from its queue, and asyncio's socket
 transport sends each write at once, so every publish costs a `send` system call (on
 loopback the kernel delivers to RabbitMQ within that call): the largest single cost of a
-publish in a profile. Here the writes of one loop iteration are joined and sent together
-at the iteration's end. Nothing waits longer than that iteration, the order is kept, and
-flow control is asyncio's own (the joined data goes through the real transport's buffer,
-whose high-water mark pauses `drain`).
+publish in a profile. Here the frames the writer writes in one step are joined and sent
+together as soon as the last one is written: once the connection is open, the transport
+is told how many frames the writer still has queued (`follows`), and the write that leaves
+none sends the burst. A write with frames still queued (the writer stopped to drain) or
+with no count yet (the handshake) leaves at the end of the loop iteration. Nothing waits
+longer than that iteration, the order is kept, and flow control is asyncio's own (the
+joined data goes through the real transport's buffer, whose high-water mark pauses
+`drain`). Sending at the iteration's end alone cost each publish the rest of its
+iteration and the next one's work.
 
 It plugs in through aiormq's `TransportFactory` (public, `Connection(transport_factory=)`)
-and an aio-pika connection class that hands the factory down.
-
-Waiting for the iteration's end costs a publish the rest of that iteration and the next
-one's work before it: the transport is therefore told, once the connection is open, how
-many frames aiormq's writer task still has queued (`follows`). The writer writes everything
-queued in one step, so the write after which nothing is queued is the last of the burst,
-and it sends the burst at once; only a write with no such count (during the handshake)
-waits for the iteration's end.
+and an aio-pika connection class that hands the factory down and, on every connection,
+the count.
 
 Joining only pays if an iteration has several publishes to write. aiormq queues each
 publish for its writer task in a queue of 10 (`Connection.FRAME_BUFFER_SIZE`): past that,
