@@ -77,7 +77,7 @@ class CoalescingTransport(asyncio.Transport):
         self.flush()
 
     def flush(self) -> None:
-        """Send what this iteration wrote (a closing transport drops it, as asyncio's does)."""
+        """Send what is pending (a closing transport drops it, as asyncio's does)."""
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
